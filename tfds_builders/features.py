@@ -22,16 +22,25 @@ def depth_feature() -> tfds.features.Tensor:
     return tfds.features.Tensor(shape=(None, None), dtype=np.float32, encoding="zlib")
 
 
-def label_feature() -> tfds.features.Tensor:
-    """Label map as the dataset defines it (0 = void, 1..K), uint8 H×W, zlib-compressed."""
-    return tfds.features.Tensor(shape=(None, None), dtype=np.uint8, encoding="zlib")
+def label_feature(dtype: type = np.uint8) -> tfds.features.Tensor:
+    """Label map as the dataset defines it (0 = void, 1..K), H×W, zlib-compressed.
+
+    ``dtype`` is uint8 for K ≤ 255 (every config but NYUv2's 894 classes, which needs uint16).
+    """
+    return tfds.features.Tensor(shape=(None, None), dtype=dtype, encoding="zlib")
 
 
 def rgbd_segmentation_features(
     extra: Mapping[str, tfds.features.FeatureConnector] | None = None,
+    *,
+    label_dtype: type = np.uint8,
 ) -> tfds.features.FeaturesDict:
     """The ``image`` / ``depth`` / ``label`` features, plus any dataset-specific ``extra`` ones."""
-    features = {"image": image_feature(), "depth": depth_feature(), "label": label_feature()}
+    features = {
+        "image": image_feature(),
+        "depth": depth_feature(),
+        "label": label_feature(label_dtype),
+    }
     if extra:
         overlap = set(extra) & set(features)
         if overlap:
