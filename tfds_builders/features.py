@@ -1,8 +1,8 @@
 """Feature specification shared by every RGB-D segmentation builder (SPEC §3).
 
 An example holds ``image`` (uint8 H×W×3 RGB, PNG-encoded), ``depth`` (float32 H×W, metres,
-0 = no reading) and ``label`` (uint8 H×W, 0 = void, 1..K as the dataset defines them). Depth and label
-are zlib-compressed tensors, so encoding needs neither TensorFlow nor an image codec for floats.
+0 = no reading) and ``label`` (uint8 H×W, 0 = void, 1..K as the dataset defines them). Depth and
+label are zlib-compressed tensors, so encoding needs no TensorFlow.
 Builders pass PIL images (or encoded PNG/JPEG bytes) for ``image``: a numpy array would need TF.
 """
 

@@ -1,1 +1,1 @@
-"""Depth-aware operators: convolution, similarity windows, pooling and depth resizing (SPEC §1, §4)."""
+"""Depth-aware operators: convolution, similarity windows, pooling, depth resizing (SPEC §1, §4)."""
