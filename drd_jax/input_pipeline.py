@@ -1,0 +1,425 @@
+"""grain input pipelines over a TFDS data source (or any random-access sequence of examples).
+
+Training (``create_train_dataset`` / ``create_train_iterator``): an infinite stream of batches.
+
+* Order: the records are shuffled globally with ``seed``, reshuffled every epoch (grain
+  ``MapDataset.shuffle(seed).repeat()``), giving a global stream of examples; global stream
+  position ``g`` belongs to epoch ``g // N`` (N = number of records).
+* Multi-host: process ``p`` of ``P`` reads stream positions ``p, p + P, p + 2P, ...`` — disjoint
+  shards that together cover every epoch; ``batch_size`` is the *global* batch, so step ``s`` of
+  every process covers global positions ``[s * batch_size, (s + 1) * batch_size)`` and the epoch of
+  step ``s`` is ``s * batch_size // N`` (what ``drd_jax.losses.vtce_temperature`` assumes).
+* Augmentation (``drd_jax.data.transforms.train_transform``): random scale in ``scale_range`` (image
+  bilinear, depth/label nearest), pad-and-crop to ``crop_size`` (image padded with the mean colour,
+  which normalises to 0; depth with 0 = invalid; label with 255), horizontal flip of all three,
+  optional colour jitter of the RGB only. Its randomness is ``np.random.default_rng`` seeded with
+  ``(seed, epoch, record index)``, so it does not depend on the order or the thread/process that
+  computes an example.
+* Determinism: batch ``s`` is a pure function of ``(data, seed, s, batch layout)``; starting at
+  ``start_step=k`` yields exactly the batches an uninterrupted run yields from step ``k`` on,
+  whatever ``num_workers`` / ``num_threads``.
+
+Evaluation (``create_eval_dataset``): every record of the process's shard (records ``p::P``) exactly
+once, in record order, full resolution, no augmentation. With ``batch_size=1`` (the default and
+the paper's protocol) nothing is padded. With larger batches the examples of a batch are padded at
+the bottom/right to a common size (``pad_to`` or the largest in the batch) with void labels, and
+the last batch is filled with padding examples (``index == -1``, all labels void; the size of record
+0 or ``pad_to``), so every process yields the same number of batches — of the same shape if all
+records share one size or ``pad_to`` is given. Void pixels never count in the metrics.
+
+Batches (numpy): ``image`` float32 (..., H, W, 3) ImageNet-normalised, ``depth`` float32
+(..., H, W) metres (0 = invalid), ``label`` int32 (..., H, W) in 0..K-1 with 255 = void, ``index``
+int32 (...,) record index, plus ``raw_image`` uint8 (..., H, W, 3) if ``include_raw_image``. The
+leading axes ``...`` are ``(per_process_batch,)`` for ``jax.jit`` (``num_devices=None``) or
+``(num_devices, per_process_batch // num_devices)`` for ``jax.pmap``.
+
+Example::
+
+    train_source = load_data_source("synthetic_rgbd/tiny", "train", data_dir=d, prepare=True)
+    it = create_train_iterator(train_source, batch_size=8, crop_size=(48, 64), num_classes=6,
+                               seed=0, num_devices=jax.local_device_count())
+    batch = next(it)  # batch["image"].shape == (ndev, 8 // ndev, 48, 64, 3)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Sequence
+from typing import Any
+
+import grain
+import numpy as np
+
+from drd_jax.data import transforms
+
+IGNORE_LABEL = transforms.IGNORE_LABEL
+_AUGMENT_STREAM = 0x5EED  # decorrelates augmentation randomness from other uses of the seed
+
+
+# ----------------------------------------------------------------------------------------------
+# Argument checks (clear errors naming the argument).
+
+
+def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+    return int(value)
+
+
+def _check_layout(
+    batch_size, num_devices, process_index, process_count
+) -> tuple[int, int | None, int, int]:
+    """Returns (per_process_batch, num_devices, process_index, process_count)."""
+    process_count = _check_int("process_count", process_count, 1)
+    process_index = _check_int("process_index", process_index, 0, process_count - 1)
+    batch_size = _check_int("batch_size", batch_size, 1)
+    if num_devices is not None:
+        num_devices = _check_int("num_devices", num_devices, 1)
+    per_process, rem = divmod(batch_size, process_count)
+    if rem:
+        raise ValueError(
+            f"batch_size={batch_size} (global) must be divisible by process_count={process_count}"
+        )
+    if num_devices is not None and per_process % num_devices:
+        raise ValueError(
+            f"batch_size={batch_size} must be divisible by process_count * num_devices "
+            f"= {process_count * num_devices}"
+        )
+    return per_process, num_devices, process_index, process_count
+
+
+def _check_source(data_source) -> int:
+    try:
+        n = len(data_source)
+    except TypeError:
+        raise ValueError(
+            "data_source must be a random-access data source (len() and [i]), "
+            f"got {type(data_source).__name__}"
+        ) from None
+    if n == 0:
+        raise ValueError("data_source is empty")
+    return n
+
+
+# ----------------------------------------------------------------------------------------------
+# grain transforms (module-level classes: picklable for mp_prefetch workers).
+
+
+@dataclasses.dataclass(frozen=True)
+class _AttachRecordIndex(grain.transforms.MapWithIndex):
+    num_records: int
+
+    def map_with_index(self, index: int, element):
+        return int(index) % self.num_records, element
+
+
+@dataclasses.dataclass(frozen=True)
+class _TrainAugment(grain.transforms.MapWithIndex):
+    """Stream position g -> augmented example; randomness from (seed, epoch, record index)."""
+
+    num_records: int
+    seed: int
+    num_classes: int
+    crop_size: tuple[int, int]
+    scale_range: tuple[float, float]
+    flip_prob: float
+    color_jitter: float
+    include_raw_image: bool
+
+    def map_with_index(self, index: int, element):
+        record, example = element
+        epoch = int(index) // self.num_records
+        rng = augmentation_rng(self.seed, epoch, record)
+        out = transforms.train_transform(
+            example,
+            rng,
+            num_classes=self.num_classes,
+            crop_size=self.crop_size,
+            scale_range=self.scale_range,
+            flip_prob=self.flip_prob,
+            color_jitter_strength=self.color_jitter,
+            include_raw_image=self.include_raw_image,
+        )
+        out["index"] = np.int32(record)
+        return _select(out)
+
+
+def augmentation_rng(seed: int, epoch: int, record_index: int) -> np.random.Generator:
+    """The generator that draws the augmentation of record ``record_index`` in ``epoch``."""
+    return np.random.default_rng([_AUGMENT_STREAM, seed, epoch, record_index])
+
+
+_KEYS = ("image", "depth", "label", "index", "raw_image")
+
+
+def _select(example: dict) -> dict:
+    return {k: example[k] for k in _KEYS if k in example}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Stack:
+    """batch_fn: stack examples (padding them to a common size first if needed)."""
+
+    pad_to: tuple[int, int] | None = None
+
+    def __call__(self, examples: Sequence[dict]) -> dict:
+        shapes = {ex["depth"].shape for ex in examples}
+        if self.pad_to is not None or len(shapes) > 1:
+            size = self.pad_to or tuple(np.max([s for s in shapes], axis=0))
+            examples = [transforms.pad_to(ex, size) for ex in examples]
+        return {k: np.stack([ex[k] for ex in examples]) for k in examples[0]}
+
+
+@dataclasses.dataclass(frozen=True)
+class _DeviceAxis(grain.transforms.Map):
+    """(B, ...) -> (num_devices, B // num_devices, ...)."""
+
+    num_devices: int | None
+
+    def map(self, batch: dict) -> dict:
+        if self.num_devices is None:
+            return batch
+        return {
+            k: v.reshape((self.num_devices, v.shape[0] // self.num_devices) + v.shape[1:])
+            for k, v in batch.items()
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class _EvalLoad(grain.transforms.Map):
+    """Record index (or -1 for padding) -> finalised full-resolution example."""
+
+    data_source: Any
+    num_classes: int
+    include_raw_image: bool
+    padding_size: tuple[int, int]
+
+    def map(self, record: int) -> dict:
+        record = int(record)
+        if record < 0:  # padding example: void labels, invalid depth, mean colour
+            h, w = self.padding_size
+            out = {
+                "image": np.zeros((h, w, 3), np.float32),
+                "depth": np.zeros((h, w), np.float32),
+                "label": np.full((h, w), IGNORE_LABEL, np.int32),
+            }
+            if self.include_raw_image:
+                out["raw_image"] = np.empty((h, w, 3), np.uint8)
+                out["raw_image"][...] = np.round(transforms.MEAN_PIXEL).astype(np.uint8)
+        else:
+            out = transforms.eval_transform(
+                self.data_source[record],
+                num_classes=self.num_classes,
+                include_raw_image=self.include_raw_image,
+            )
+        out["index"] = np.int32(record)
+        return _select(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public API.
+
+
+def create_train_dataset(
+    data_source,
+    *,
+    batch_size: int,
+    crop_size: Sequence[int],
+    num_classes: int,
+    seed: int,
+    start_step: int = 0,
+    num_devices: int | None = None,
+    process_index: int = 0,
+    process_count: int = 1,
+    scale_range: Sequence[float] = (0.75, 1.75),
+    flip_prob: float = 0.5,
+    color_jitter: float = 0.0,
+    include_raw_image: bool = False,
+    num_workers: int = 0,
+    num_threads: int = 2,
+    prefetch_buffer_size: int = 4,
+) -> grain.IterDataset:
+    """The infinite training stream of batches from step ``start_step`` on (see module doc).
+
+    Args:
+      data_source: random-access source of stored examples (``image`` uint8 HxWx3, ``depth``
+        float32 HxW metres, ``label`` HxW with 0 = void, 1..num_classes), e.g. a TFDS data source.
+      batch_size: global batch size (all processes and devices together).
+      crop_size: (height, width) of every training example.
+      num_classes: K; stored labels 1..K become 0..K-1, 0 becomes 255.
+      seed: shuffling and augmentation seed, 0 <= seed < 2**32.
+      start_step: first step to yield (resume): batches are identical to an uninterrupted run's.
+      num_devices: None for a flat (per_process_batch, ...) batch (``jax.jit``), else the size of a
+        leading device axis (``jax.pmap``: usually ``jax.local_device_count()``).
+      process_index, process_count: this process and the number of processes (multi-host).
+      scale_range: (min, max) random scale factor relative to the stored size.
+      flip_prob: probability of a horizontal flip.
+      color_jitter: brightness/contrast/saturation strength on the RGB (0 = off).
+      include_raw_image: also return the augmented uint8 RGB as ``raw_image``.
+      num_workers: grain worker processes (0 = in this process).
+      num_threads: grain reader threads per process/worker.
+      prefetch_buffer_size: batches prefetched per reader.
+    """
+    n = _check_source(data_source)
+    per_process, num_devices, process_index, process_count = _check_layout(
+        batch_size, num_devices, process_index, process_count
+    )
+    crop_size = transforms.check_size(crop_size, "crop_size")
+    num_classes = _check_int("num_classes", num_classes, 1)
+    seed = _check_int("seed", seed, 0, 2**32 - 1)
+    start_step = _check_int("start_step", start_step, 0)
+    num_workers = _check_int("num_workers", num_workers, 0)
+    num_threads = _check_int("num_threads", num_threads, 0)
+    prefetch_buffer_size = _check_int("prefetch_buffer_size", prefetch_buffer_size, 0)
+    try:
+        lo, hi = (float(v) for v in scale_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"scale_range must be (min, max), got {scale_range!r}") from None
+    if not 0 < lo <= hi:
+        raise ValueError(f"scale_range must satisfy 0 < min <= max, got {scale_range!r}")
+    if not 0.0 <= flip_prob <= 1.0:
+        raise ValueError(f"flip_prob must be in [0, 1], got {flip_prob!r}")
+    if not 0.0 <= color_jitter < 1.0:
+        raise ValueError(f"color_jitter must be in [0, 1), got {color_jitter!r}")
+
+    ds = grain.MapDataset.source(data_source)
+    ds = ds.map_with_index(_AttachRecordIndex(n))
+    ds = ds.shuffle(seed=seed).repeat()  # global stream, reshuffled every epoch
+    ds = ds.map_with_index(
+        _TrainAugment(
+            num_records=n,
+            seed=seed,
+            num_classes=num_classes,
+            crop_size=crop_size,
+            scale_range=(lo, hi),
+            flip_prob=float(flip_prob),
+            color_jitter=float(color_jitter),
+            include_raw_image=bool(include_raw_image),
+        )
+    )
+    ds = ds[process_index::process_count]
+    ds = ds.batch(per_process, drop_remainder=True, batch_fn=_Stack())
+    ds = ds.map(_DeviceAxis(num_devices))
+    ds = ds[start_step:]
+    it_ds = ds.to_iter_dataset(
+        grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size)
+    )
+    if num_workers > 0:
+        _ensure_absl_flags_parsed()
+        it_ds = it_ds.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=2)
+        )
+    return it_ds
+
+
+def _ensure_absl_flags_parsed() -> None:
+    # grain's worker processes read absl flags; outside an absl app (tests, notebooks, argparse
+    # scripts) they are unparsed, which grain treats as an error: use their defaults.
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def create_train_iterator(data_source, **kwargs) -> grain.DatasetIterator:
+    """``iter(create_train_dataset(data_source, **kwargs))``: an infinite iterator of batches."""
+    return iter(create_train_dataset(data_source, **kwargs))
+
+
+class EvalDataset:
+    """Evaluation batches: ``len(ds)``, ``ds[i]`` and re-iterable ``for batch in ds``.
+
+    Iteration reads ahead with ``num_threads`` threads and at most ``prefetch_buffer_size``
+    batches (grain's default buffer of 500 full-resolution batches would hold gigabytes).
+    """
+
+    def __init__(self, batches: grain.MapDataset, read_options: grain.ReadOptions):
+        self.batches = batches
+        self.read_options = read_options
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int) -> dict:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"batch index {index} out of range for {len(self)} batches")
+        return self.batches[index % len(self)]
+
+    def __iter__(self):
+        return iter(self.batches.to_iter_dataset(self.read_options))
+
+
+def create_eval_dataset(
+    data_source,
+    *,
+    num_classes: int,
+    batch_size: int = 1,
+    num_devices: int | None = None,
+    process_index: int = 0,
+    process_count: int = 1,
+    pad_to: Sequence[int] | None = None,
+    include_raw_image: bool = False,
+    num_threads: int = 2,
+    prefetch_buffer_size: int = 4,
+) -> EvalDataset:
+    """Full-resolution evaluation batches: each record of this process's shard exactly once.
+
+    Returns an ``EvalDataset``: ``len(ds)`` batches (the same on every process), iterate with
+    ``for batch in ds`` (re-iterable; records in order). ``batch_size`` is global, as for
+    training. Padding examples (to fill the last batch) have ``index == -1`` and only void labels.
+    ``pad_to`` fixes the padded (height, width) of every batch (recommended when
+    ``batch_size > 1``: one compiled shape, and the same shape on every process); without it a
+    batch is padded to its largest example.
+    """
+    n = _check_source(data_source)
+    per_process, num_devices, process_index, process_count = _check_layout(
+        batch_size, num_devices, process_index, process_count
+    )
+    num_classes = _check_int("num_classes", num_classes, 1)
+    if pad_to is not None:
+        pad_to = transforms.check_size(pad_to, "pad_to")
+    num_threads = _check_int("num_threads", num_threads, 0)
+    prefetch_buffer_size = _check_int("prefetch_buffer_size", prefetch_buffer_size, 0)
+    shard = list(range(process_index, n, process_count))
+    per_process_examples = -(-n // process_count)  # the largest shard
+    num_batches = -(-per_process_examples // per_process)
+    shard += [-1] * (num_batches * per_process - len(shard))
+    padding_size = pad_to or tuple(np.shape(data_source[0]["label"]))
+    ds = grain.MapDataset.source(shard)
+    ds = ds.map(_EvalLoad(data_source, num_classes, bool(include_raw_image), padding_size))
+    ds = ds.batch(per_process, drop_remainder=True, batch_fn=_Stack(pad_to))
+    ds = ds.map(_DeviceAxis(num_devices))
+    return EvalDataset(
+        ds, grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size)
+    )
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    """Training steps that see ``num_examples`` examples at a global ``batch_size`` (ceil)."""
+    num_examples = _check_int("num_examples", num_examples, 1)
+    return -(-num_examples // _check_int("batch_size", batch_size, 1))
+
+
+def load_data_source(
+    dataset: str, split: str, *, data_dir: str | None = None, prepare: bool = False
+):
+    """The TFDS array_record data source of ``tfds_builders.<name>`` (e.g. "synthetic_rgbd/tiny").
+
+    ``dataset`` is ``name`` or ``name/config``. With ``prepare=True`` the dataset is built first
+    if needed (only possible without manual downloads, e.g. ``synthetic_rgbd``); otherwise build it
+    with ``python -m tfds_builders.build``.
+    """
+    name, _, config = dataset.partition("/")
+    try:
+        module = importlib.import_module(f"tfds_builders.{name}")
+    except ModuleNotFoundError as e:
+        raise ValueError(f"dataset {dataset!r}: no builder tfds_builders.{name} ({e})") from None
+    kwargs = {"config": config} if config else {}
+    builder = module.Builder(data_dir=data_dir, **kwargs)
+    if prepare:
+        builder.download_and_prepare(file_format="array_record")
+    return builder.as_data_source(split=split)
