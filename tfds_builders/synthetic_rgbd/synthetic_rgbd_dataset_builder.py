@@ -20,7 +20,6 @@ import dataclasses
 
 import numpy as np
 import tensorflow_datasets as tfds
-from etils import epath
 from PIL import Image
 
 from tfds_builders.features import rgbd_segmentation_features
@@ -67,13 +66,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         ),
     ]
     DEFAULT_CONFIG_NAME = "default"
-
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls) -> epath.Path:
-        # TFDS 4.9.10 locates a builder's file through the `importlib_resources` backport, which is
-        # not a dependency here (ModuleNotFoundError in download_and_prepare); it is this file.
-        return epath.Path(__file__)
 
     def _info(self) -> tfds.core.DatasetInfo:
         cfg = self.builder_config

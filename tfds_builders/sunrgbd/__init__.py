@@ -1,0 +1,5 @@
+"""SUN RGB-D, 37 classes (``tfds new`` layout): ``tfds_builders.sunrgbd.Builder``."""
+
+from tfds_builders.sunrgbd.sunrgbd_dataset_builder import Builder
+
+__all__ = ["Builder"]
