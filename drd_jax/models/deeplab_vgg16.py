@@ -1,0 +1,188 @@
+"""DeepLab-VGG16 (LargeFOV), as the depth-aware teacher and as the plain student (SPEC §2).
+
+One module, one param tree: ``DeepLabVGG16(depth_aware=True)`` is the teacher (its 3×3 convs
+weight each neighbour by exp(-α·|ΔD|)), ``DeepLabVGG16(depth_aware=False)`` the student; both create
+the same parameters under VGG names (``conv1_1`` … ``conv5_3``, ``fc6``, ``fc7``, ``fc8``), so
+parameter sharing is ``student.apply(teacher_variables, rgb)``.
+
+Layout (output stride 8)::
+
+  conv1_1 conv1_2 pool1(max 3×3/2)   64
+  conv2_1 conv2_2 pool2(max 3×3/2)   128
+  conv3_1..3_3    pool3(max 3×3/2)   256
+  conv4_1..4_3    pool4(max 3×3/1)   512
+  conv5_1..5_3 (dilation 2) pool5(max 3×3/1) [pool5a avg 3×3/1]   512
+  fc6 (3×3, dilation 12) → 1024, dropout · fc7 (1×1) → 1024, dropout · fc8 (1×1) → classes
+  bilinear upsampling to the input size (half-pixel centres, ``jax.image.resize``).
+
+Depth travels with the features: every stride-2 pooling resizes it with ``ops.pool_depth`` (mean of
+the valid pixels in the window by default, window-centre 'nearest' as an option).
+"""
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from drd_jax import ops
+from drd_jax.layers import DepthAwareConv, he_normal
+
+# (block, [(layer name, channels), ...]) of the VGG16 trunk; conv5_x use dilation 2.
+VGG16_BLOCKS: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = (
+    ("1", (("conv1_1", 64), ("conv1_2", 64))),
+    ("2", (("conv2_1", 128), ("conv2_2", 128))),
+    ("3", (("conv3_1", 256), ("conv3_2", 256), ("conv3_3", 256))),
+    ("4", (("conv4_1", 512), ("conv4_2", 512), ("conv4_3", 512))),
+    ("5", (("conv5_1", 512), ("conv5_2", 512), ("conv5_3", 512))),
+)
+FC_WIDTH = 1024
+DEPTH_AWARE_LAYER_CHOICES = ("all", "block_first")
+_MAX_POOL_PAD = ((1, 1), (1, 1))
+
+
+def depth_aware_layer_names(depth_aware_layers: str) -> tuple[str, ...]:
+    """Names of the convs a teacher makes depth-aware.
+
+    'all' (the paper: every 3×3 conv and fc6) or 'block_first' (the official Depth-aware CNN:
+    conv1_1, conv2_1, conv3_1, conv4_1, conv5_1 and fc6). fc7 and fc8 are 1×1, and a 1×1 D-Conv is
+    a plain conv.
+    """
+    if depth_aware_layers == "all":
+        names = [name for _, layers in VGG16_BLOCKS for name, _ in layers]
+    elif depth_aware_layers == "block_first":
+        names = [layers[0][0] for _, layers in VGG16_BLOCKS]
+    else:
+        raise ValueError(
+            f"depth_aware_layers must be one of {DEPTH_AWARE_LAYER_CHOICES}, "
+            f"got {depth_aware_layers!r}"
+        )
+    return (*names, "fc6")
+
+
+def scaled_width(channels: int, width: float) -> int:
+    """Hidden width ``channels`` scaled by the ``width`` multiplier, at least 1."""
+    return max(1, round(channels * width))
+
+
+class DeepLabVGG16(nn.Module):
+    """DeepLab-VGG16 LargeFOV; depth-aware teacher or plain student on the same param tree.
+
+    Attributes:
+      num_classes: K, the number of output channels of ``fc8``.
+      width: multiplier of every hidden width (1.0 = the paper's network; small values for CPU).
+      depth_aware: teacher (True: depth-aware convs, needs ``depth``) or student (False).
+      alpha: depth similarity sharpness, 1/metre.
+      depth_aware_layers: 'all' or 'block_first' (see ``depth_aware_layer_names``).
+      depth_aware_pooling: add Depth-aware CNN's ``pool5a`` as a depth-aware average pool in the
+        teacher (a plain average pool that excludes padding in the student, so both agree for a
+        constant depth map). Needs ``pool5a``.
+      pool5a: add the 3×3/1 average pooling after pool5 (plain unless ``depth_aware_pooling``).
+      depth_pool_method: how depth is resized at stride-2 poolings: 'valid_mean' or 'nearest'.
+      dropout_rate: dropout after fc6 and fc7 when ``train``.
+      conv_implementation: ``ops.depth_aware_conv`` implementation ('fast' or 'reference').
+      dtype: computation dtype (e.g. jnp.bfloat16); params stay float32.
+    """
+
+    num_classes: int
+    width: float = 1.0
+    depth_aware: bool = False
+    alpha: float = 8.3
+    depth_aware_layers: str = "all"
+    depth_aware_pooling: bool = False
+    pool5a: bool = False
+    depth_pool_method: str = "valid_mean"
+    dropout_rate: float = 0.5
+    conv_implementation: str = "fast"
+    dtype: jnp.dtype | None = None
+
+    def _conv(self, name: str, features: int, kernel_size: Sequence[int], dilation: int = 1):
+        return DepthAwareConv(
+            features=features,
+            kernel_size=kernel_size,
+            kernel_dilation=(dilation, dilation),
+            padding="SAME",
+            depth_aware=self.depth_aware
+            and name in depth_aware_layer_names(self.depth_aware_layers),
+            alpha=self.alpha,
+            implementation=self.conv_implementation,
+            dtype=self.dtype,
+            kernel_init=nn.initializers.normal(0.01) if name == "fc8" else he_normal,
+            name=name,
+        )
+
+    def _check_inputs(self, image: jax.Array, depth: jax.Array | None) -> jax.Array | None:
+        if image.ndim != 4 or image.shape[-1] != 3:
+            raise ValueError(f"image must be (N, H, W, 3), got shape {image.shape}")
+        if self.depth_aware_pooling and not self.pool5a:
+            raise ValueError("depth_aware_pooling=True needs pool5a=True")
+        if self.depth_pool_method not in ("valid_mean", "nearest"):
+            raise ValueError(
+                "depth_pool_method must be 'valid_mean' or 'nearest', "
+                f"got {self.depth_pool_method!r}"
+            )
+        depth_aware_layer_names(self.depth_aware_layers)  # validates the choice
+        if not self.depth_aware:
+            return None
+        if depth is None:
+            raise ValueError(
+                "a depth-aware DeepLabVGG16 (teacher) needs depth; apply the same variables with "
+                "DeepLabVGG16(depth_aware=False) to run it on RGB alone"
+            )
+        if depth.ndim == 4 and depth.shape[-1] == 1:
+            depth = depth[..., 0]
+        if depth.ndim != 3 or depth.shape != image.shape[:3]:
+            raise ValueError(
+                f"depth must be (N, H, W) or (N, H, W, 1) matching image {image.shape[:3]}, "
+                f"got shape {depth.shape}"
+            )
+        return depth.astype(jnp.float32)
+
+    @nn.compact
+    def __call__(
+        self, image: jax.Array, depth: jax.Array | None = None, train: bool = False
+    ) -> jax.Array:
+        """Per-pixel class logits.
+
+        Args:
+          image: (N, H, W, 3) normalised RGB, float.
+          depth: (N, H, W) or (N, H, W, 1) metres, 0 = no reading; required by the teacher,
+            ignored by the student.
+          train: enables dropout (needs a 'dropout' rng).
+
+        Returns:
+          (N, H, W, num_classes) logits at the input resolution.
+        """
+        depth = self._check_inputs(image, depth)
+        x = image
+        for block, layers in VGG16_BLOCKS:
+            dilation = 2 if block == "5" else 1
+            for name, channels in layers:
+                x = self._conv(name, scaled_width(channels, self.width), (3, 3), dilation)(x, depth)
+                x = nn.relu(x)
+            stride = 2 if block in ("1", "2", "3") else 1
+            x = nn.max_pool(x, (3, 3), strides=(stride, stride), padding=_MAX_POOL_PAD)
+            if stride == 2 and depth is not None:
+                depth = ops.pool_depth(
+                    depth,
+                    window=(3, 3),
+                    strides=(2, 2),
+                    padding=_MAX_POOL_PAD,
+                    method=self.depth_pool_method,
+                )
+        if self.pool5a:
+            if self.depth_aware_pooling and depth is not None:
+                x = ops.depth_aware_avg_pool(
+                    x, depth, window=(3, 3), strides=(1, 1), padding=_MAX_POOL_PAD, alpha=self.alpha
+                )
+            else:
+                x = nn.avg_pool(x, (3, 3), padding=_MAX_POOL_PAD, count_include_pad=False)
+
+        x = nn.relu(self._conv("fc6", scaled_width(FC_WIDTH, self.width), (3, 3), 12)(x, depth))
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = nn.relu(self._conv("fc7", scaled_width(FC_WIDTH, self.width), (1, 1))(x))
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        logits = self._conv("fc8", self.num_classes, (1, 1))(x)
+        n, h, w, _ = image.shape
+        logits = jax.image.resize(logits, (n, h, w, self.num_classes), method="bilinear")
+        return logits
