@@ -1,0 +1,872 @@
+"""Training and evaluation of the DeepLab-VGG16 teacher, student and baseline (flax-examples shape).
+
+``train_and_evaluate(config, workdir)`` runs one of three modes (``config.mode``):
+
+* ``'baseline'``: RGB only, plain convs, pixel-wise cross-entropy (BL).
+* ``'teacher'``: RGB-D, depth-aware convs (D-Conv), cross-entropy (TN).
+* ``'student'``: RGB only, plain convs, ``CE + config.vtce_weight * VTCE`` against a frozen teacher
+  restored from ``config.teacher_workdir`` (its best-by-mIoU checkpoint, or its latest with
+  ``config.teacher_checkpoint='latest'``). The teacher's logits are computed inside the jitted step,
+  with depth, under ``stop_gradient``; the teacher is never checkpointed with the student.
+  ``config.init``: ``'teacher'`` (parameter sharing: the student starts from a copy of the
+  teacher's param tree), ``'scratch'`` or ``'imagenet'`` (``merge_pretrained`` from
+  ``config.pretrained_path``).
+  The ablation rows: BL+VTCE = student/scratch; BL+PS = student/teacher with ``vtce_weight=0``;
+  BL+PS+VTCE = student/teacher.
+
+Loss: the per-pixel losses are averaged over the valid (non-void) pixels of the whole *global*
+batch (sum over every device's pixels / global count), so one step gives the same gradient whatever
+the device layout. VTCE temperature: ``vtce_temperature(state.step, num_train_images=N,
+batch_size=global batch, beta=config.beta)``.
+
+Optimiser: SGD with momentum and L2 weight decay added to the gradient (``add_decayed_weights``, as
+Caffe does; biases are decayed too), or Adam (``config.optimizer='adam'``); learning rate
+``lr * (1 - step / num_train_steps) ** lr_power`` (poly).
+
+Data parallel: one :func:`train_step` and two thin wrappers (:class:`DataParallel`):
+
+* ``config.parallel='jit'``: ``jax.jit`` over a ``Mesh`` of ``jax.devices()`` with axis ``'data'``;
+  batches are global arrays sharded along the batch dimension (``NamedSharding(mesh, P('data'))``),
+  the state is replicated (``P()``); XLA inserts the gradient all-reduce.
+* ``config.parallel='pmap'``: ``jax.pmap`` with ``axis_name='batch'``; batches carry a leading
+  device axis (the input pipeline's ``num_devices``), the state is replicated along it, and the step
+  reduces gradients and metrics with ``lax.psum`` (a sum of per-device sums over the global valid
+  pixel count: the mean over the global batch).
+
+Dropout: the key of step ``s`` is ``fold_in(state.dropout_rng, s)``; with pmap it is further
+folded with the device index, so the dropout masks of the two paths differ (their results agree
+only with ``dropout_rate=0``, which is what the equivalence test uses).
+
+Multi-host (GPU/TPU pods): call ``jax.distributed.initialize()`` before anything else in every
+process (``experiments/train.py`` does when ``--multihost`` is given). Each process then reads its
+own shard of every batch (``process_index`` / ``process_count`` are passed to the input pipeline);
+``config.batch_size`` is the global batch. The jit path assembles global arrays with
+``jax.make_array_from_process_local_data``; the pmap path uses the local devices of each process.
+Only process 0 writes logs and ``final_metrics.json``; orbax coordinates checkpoint writes.
+
+Resume: the workdir's ``Checkpointer`` saves every ``config.checkpoint_every_steps`` steps
+(params, optimiser state, step, dropout RNG), at every evaluation (``config.eval_every_steps``,
+with its metrics) and once at the end with the final eval metrics (the best checkpoint by
+``mean_iou`` is kept). A rerun with the same config restores the latest checkpoint and continues
+from its step, including the data position (the input pipeline's ``start_step``), so an
+interrupted run ends with the same parameters as an uninterrupted one. A workdir written with
+another config is refused; the fields in ``FINGERPRINT_IGNORE`` (how, not what, is computed) may
+change between runs. ``config.stop_after_steps = k`` saves at step ``k`` and returns (for
+time-limited jobs and tests).
+
+Faults: a non-finite loss, gradient or parameter stops the run with ``FloatingPointError`` naming
+the step (the step counter before the failing update); the bad state is never saved, so the last
+good checkpoint survives. Config errors raise
+``ValueError`` naming the field (``config.<field>``).
+
+Outputs in ``workdir``: ``config.json``, ``checkpoints/``, ``metrics.jsonl``, ``tensorboard/``,
+``curves.png`` (see ``MetricWriter``) and ``final_metrics.json`` (written atomically)::
+
+    {"mode", "init", "dataset", "steps", "params_fingerprint", "config_fingerprint",
+     "pixel_accuracy", "mean_pixel_accuracy", "mean_iou", "per_class_iou": {name: iou},
+     "per_class_pixel_accuracy": {name: acc}, "class_names", "num_present_classes", "num_pixels",
+     "confusion_matrix"}
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib
+import importlib.util
+import json
+import logging
+import math
+import os
+import pathlib
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import jax_utils
+from flax.training import train_state
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from drd_jax import input_pipeline, losses, metrics
+from drd_jax.checkpointing import Checkpointer, config_fingerprint
+from drd_jax.metric_writers import MetricWriter
+from drd_jax.models import DeepLabVGG16
+
+__all__ = [
+    "DataParallel",
+    "TrainState",
+    "create_train_state",
+    "eval_step",
+    "load_teacher",
+    "make_learning_rate_fn",
+    "make_model",
+    "make_optimizer",
+    "params_fingerprint",
+    "train_and_evaluate",
+    "train_step",
+    "validate_config",
+]
+
+MODES = ("baseline", "teacher", "student")
+INITS = ("scratch", "teacher", "imagenet")
+OPTIMIZERS = ("sgd", "adam")
+PARALLEL = ("jit", "pmap")
+TEACHER_CHECKPOINTS = ("best", "latest")
+# Fields that do not change what a run computes; they may differ between a run and its resume.
+FINGERPRINT_IGNORE = (
+    "data_dir",
+    "parallel",
+    "num_devices",
+    "num_workers",
+    "stop_after_steps",
+    "progress_bar",
+    "write_curves",
+)
+FINAL_METRICS_NAME = "final_metrics.json"
+PMAP_AXIS = "batch"
+MESH_AXIS = "data"
+
+
+class TrainState(train_state.TrainState):
+    """flax ``TrainState`` plus the dropout key (raw uint32 key data; step ``s`` uses
+    ``fold_in(dropout_rng, s)``)."""
+
+    dropout_rng: jax.Array
+
+
+# ----------------------------------------------------------------------------------------------
+# Config validation.
+
+_REQUIRED = (
+    "dataset",
+    "data_dir",
+    "crop_size",
+    "scale_range",
+    "flip_prob",
+    "color_jitter",
+    "num_workers",
+    "mode",
+    "init",
+    "teacher_workdir",
+    "teacher_checkpoint",
+    "pretrained_path",
+    "vtce_weight",
+    "beta",
+    "alpha",
+    "depth_aware_layers",
+    "width",
+    "dropout_rate",
+    "optimizer",
+    "learning_rate",
+    "momentum",
+    "weight_decay",
+    "lr_power",
+    "batch_size",
+    "num_train_steps",
+    "seed",
+    "parallel",
+    "num_devices",
+    "stop_after_steps",
+    "progress_bar",
+    "write_curves",
+    "log_every_steps",
+    "eval_every_steps",
+    "eval_batch_size",
+    "checkpoint_every_steps",
+    "max_checkpoints_to_keep",
+)
+
+
+def _field_error(name: str, message: str) -> ValueError:
+    return ValueError(f"config.{name}: {message}")
+
+
+def _check_choice(config, name: str, choices: tuple[str, ...]) -> None:
+    if config[name] not in choices:
+        raise _field_error(name, f"must be one of {choices}, got {config[name]!r}")
+
+
+def _check_number(
+    config,
+    name: str,
+    lo: float,
+    hi: float = math.inf,
+    *,
+    integer=False,
+    lo_open=False,
+    hi_open=False,
+) -> None:
+    v = config[name]
+    if isinstance(v, bool) or not isinstance(v, int | float | np.integer | np.floating):
+        raise _field_error(name, f"must be a number, got {v!r}")
+    if integer and int(v) != v:
+        raise _field_error(name, f"must be an integer, got {v!r}")
+    if not math.isfinite(v) or v < lo or v > hi or (lo_open and v == lo) or (hi_open and v == hi):
+        lb = "(" if lo_open else "["
+        rb = ")" if hi_open else "]"
+        raise _field_error(name, f"must be in {lb}{lo}, {hi}{rb}, got {v!r}")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ``ValueError`` naming the first bad field (``config.<field>: ...``)."""
+    missing = [name for name in _REQUIRED if name not in config]
+    if missing:
+        raise ValueError(f"config is missing the fields {missing} (see experiments/configs/)")
+    _check_choice(config, "mode", MODES)
+    _check_choice(config, "init", INITS)
+    _check_choice(config, "optimizer", OPTIMIZERS)
+    _check_choice(config, "parallel", PARALLEL)
+    _check_choice(config, "teacher_checkpoint", TEACHER_CHECKPOINTS)
+    name = str(config.dataset).partition("/")[0]
+    if not name or importlib.util.find_spec(f"tfds_builders.{name}") is None:
+        raise _field_error("dataset", f"no builder tfds_builders.{name} for {config.dataset!r}")
+    if config.init == "teacher" and config.mode != "student":
+        raise _field_error(
+            "init", f"'teacher' (parameter sharing) needs mode='student', got mode={config.mode!r}"
+        )
+    needs_teacher = config.mode == "student" and (config.init == "teacher" or config.vtce_weight)
+    if needs_teacher and not config.teacher_workdir:
+        raise _field_error(
+            "teacher_workdir",
+            "student mode with init='teacher' or vtce_weight > 0 needs the teacher run's workdir",
+        )
+    if config.init == "imagenet" and not config.pretrained_path:
+        raise _field_error("pretrained_path", "init='imagenet' needs a VGG16 weights file")
+    for field, lo, hi in (
+        ("batch_size", 1, math.inf),
+        ("num_train_steps", 1, math.inf),
+        ("log_every_steps", 1, math.inf),
+        ("checkpoint_every_steps", 1, math.inf),
+        ("max_checkpoints_to_keep", 1, math.inf),
+        ("eval_every_steps", 0, math.inf),
+        ("eval_batch_size", 0, math.inf),
+        ("stop_after_steps", 0, math.inf),
+        ("num_devices", 0, math.inf),
+        ("num_workers", 0, math.inf),
+        ("seed", 0, 2**32 - 1),
+    ):
+        _check_number(config, field, lo, hi, integer=True)
+    _check_number(config, "learning_rate", 0, lo_open=True)
+    _check_number(config, "momentum", 0, 1, hi_open=True)
+    _check_number(config, "weight_decay", 0)
+    _check_number(config, "lr_power", 0)
+    _check_number(config, "width", 0, lo_open=True)
+    _check_number(config, "alpha", 0)
+    _check_number(config, "beta", 0, lo_open=True)
+    _check_number(config, "vtce_weight", 0)
+    _check_number(config, "dropout_rate", 0, 1, hi_open=True)
+    _check_number(config, "flip_prob", 0, 1)
+    _check_number(config, "color_jitter", 0, 1, hi_open=True)
+    for field in ("crop_size", "scale_range"):
+        v = config[field]
+        if not isinstance(v, list | tuple) or len(v) != 2:
+            raise _field_error(field, f"must be a pair, got {v!r}")
+    if not all(isinstance(v, int) and v > 0 for v in config.crop_size):
+        raise _field_error("crop_size", f"must be two positive ints, got {config.crop_size!r}")
+
+
+def fingerprint(config: ml_collections.ConfigDict) -> str:
+    """The config fingerprint of a run (``FINGERPRINT_IGNORE`` left out)."""
+    return config_fingerprint(config.to_dict(), ignore=FINGERPRINT_IGNORE)
+
+
+# ----------------------------------------------------------------------------------------------
+# Model, optimiser, state.
+
+
+def make_model(config, num_classes: int, *, depth_aware: bool | None = None) -> DeepLabVGG16:
+    """The DeepLabVGG16 of ``config`` (depth-aware iff ``mode == 'teacher'`` unless given)."""
+    if depth_aware is None:
+        depth_aware = config.mode == "teacher"
+    return DeepLabVGG16(
+        num_classes=num_classes,
+        width=config.width,
+        depth_aware=depth_aware,
+        alpha=config.alpha,
+        depth_aware_layers=config.depth_aware_layers,
+        dropout_rate=config.dropout_rate,
+    )
+
+
+def make_learning_rate_fn(config) -> optax.Schedule:
+    """Poly schedule ``lr * (1 - step / num_train_steps) ** lr_power``."""
+    return optax.polynomial_schedule(
+        init_value=config.learning_rate,
+        end_value=0.0,
+        power=config.lr_power,
+        transition_steps=config.num_train_steps,
+    )
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+    """SGD (momentum, L2 weight decay added to the gradient) or Adam, on the poly schedule."""
+    lr_fn = make_learning_rate_fn(config)
+    if config.optimizer == "sgd":
+        opt = optax.sgd(lr_fn, momentum=config.momentum or None)
+    else:
+        opt = optax.adam(lr_fn)
+    if config.weight_decay:
+        return optax.chain(optax.add_decayed_weights(config.weight_decay), opt)
+    return opt
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_init(model: DeepLabVGG16, shape: tuple[int, ...]) -> Callable:
+    return jax.jit(lambda rng: model.init(rng, jnp.zeros(shape, jnp.float32))["params"])
+
+
+def _init_params(config, rng: jax.Array, num_classes: int) -> dict:
+    # The teacher and the student share one param tree: initialise with the plain model (cheaper
+    # to compile) whatever the mode. The jitted init is cached per (model, input shape).
+    model = make_model(config, num_classes, depth_aware=False)
+    h, w = config.crop_size
+    return _jitted_init(model, (1, int(h), int(w), 3))(rng)
+
+
+def _check_same_tree(params, like, what: str) -> None:
+    a = jax.tree.map(lambda x: (tuple(np.shape(x)), str(jnp.result_type(x))), params)
+    b = jax.tree.map(lambda x: (tuple(np.shape(x)), str(jnp.result_type(x))), like)
+    if jax.tree.structure(a) != jax.tree.structure(b) or jax.tree.leaves(a) != jax.tree.leaves(b):
+        raise ValueError(f"{what} does not have the model's param tree (another width?)")
+
+
+def create_train_state(
+    config,
+    rng: jax.Array,
+    *,
+    num_classes: int,
+    teacher_params: Any = None,
+    pretrained: Mapping[str, Any] | None = None,
+) -> TrainState:
+    """A fresh (host, unreplicated) train state.
+
+    Args:
+      config: the run config.
+      rng: a ``jax.random.PRNGKey``; split into the init key and the dropout key.
+      num_classes: K.
+      teacher_params: with ``config.init='teacher'``, the teacher's param tree (copied).
+      pretrained: with ``config.init='imagenet'``, ``load_vgg16_params`` output (read from
+        ``config.pretrained_path`` when None).
+    """
+    init_rng, dropout_rng = jax.random.split(rng)
+    params = _init_params(config, init_rng, num_classes)
+    if config.init == "teacher":
+        if teacher_params is None:
+            raise ValueError("config.init='teacher' needs teacher_params (see load_teacher)")
+        _check_same_tree(teacher_params, params, "the teacher's param tree")
+        params = jax.tree.map(lambda x: jnp.array(x, copy=True), teacher_params)
+    elif config.init == "imagenet":
+        from drd_jax import pretrained as pretrained_lib
+
+        if pretrained is None:
+            pretrained = pretrained_lib.load_vgg16_params(config.pretrained_path)
+        params = pretrained_lib.merge_pretrained(params, pretrained)
+    model = make_model(config, num_classes)
+    return TrainState.create(
+        apply_fn=model.apply, params=params, tx=make_optimizer(config), dropout_rng=dropout_rng
+    )
+
+
+def params_fingerprint(params: Any) -> str:
+    """sha256 of the float32 bytes of ``jax.tree.leaves(params)``, in tree order."""
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(jax.device_get(params)):
+        h.update(np.ascontiguousarray(np.asarray(leaf, dtype=np.float32)).tobytes())
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------
+# Steps.
+
+
+def _psum(x, axis_name):
+    return x if axis_name is None else jax.lax.psum(x, axis_name)
+
+
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def train_step(
+    state: TrainState,
+    batch: Mapping[str, jax.Array],
+    teacher_params: Any = None,
+    *,
+    num_classes: int,
+    use_depth: bool,
+    learning_rate_fn: Callable[[Any], Any],
+    teacher_model: DeepLabVGG16 | None = None,
+    vtce_weight: float = 0.0,
+    beta: float = 0.9,
+    num_train_images: int = 1,
+    global_batch_size: int = 1,
+    axis_name: str | None = None,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One SGD step on a batch; ``axis_name`` set under ``pmap`` (sums over devices).
+
+    Returns the new state and metrics (global, identical on every device): ``loss``, ``ce_loss``,
+    ``vtce_loss`` (0 without a teacher), ``temperature``, ``lr`` (of this step), ``grad_norm``,
+    ``valid_pixels`` (global) and ``finite`` (loss, gradients and new params all finite).
+    """
+    labels = batch["label"]
+    image = batch["image"]
+    depth = batch["depth"]
+    valid = losses.valid_label_mask(labels, num_classes=num_classes)
+    count = _psum(jnp.sum(valid, dtype=jnp.int32), axis_name)
+    denom = jnp.maximum(count, 1).astype(jnp.float32)
+    rng = jax.random.fold_in(state.dropout_rng, state.step)
+    if axis_name is not None:
+        rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+    distill = teacher_model is not None and vtce_weight > 0
+    temperature = losses.vtce_temperature(
+        state.step, num_train_images=num_train_images, batch_size=global_batch_size, beta=beta
+    )
+    if distill:
+        teacher_logits = jax.lax.stop_gradient(
+            teacher_model.apply({"params": teacher_params}, image, depth, train=False)
+        )
+
+    def loss_fn(params):
+        logits = state.apply_fn(
+            {"params": params},
+            image,
+            depth if use_depth else None,
+            train=True,
+            rngs={"dropout": rng},
+        )
+        ce = jnp.sum(losses.segmentation_cross_entropy(logits, labels, where=valid)) / denom
+        vt = jnp.zeros((), jnp.float32)
+        if distill:
+            per_pixel = losses.vtce_loss(
+                logits, teacher_logits, temperature=temperature, where=valid
+            )
+            vt = jnp.sum(per_pixel) / denom
+        return ce + vtce_weight * vt, (ce, vt)
+
+    (loss, (ce, vt)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grads = _psum(grads, axis_name)
+    loss, ce, vt = (_psum(x, axis_name) for x in (loss, ce, vt))
+    new_state = state.apply_gradients(grads=grads)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(new_state.params)
+    out = {
+        "loss": loss,
+        "ce_loss": ce,
+        "vtce_loss": vt,
+        "temperature": temperature.astype(jnp.float32),
+        "lr": jnp.asarray(learning_rate_fn(state.step), jnp.float32),
+        "grad_norm": grad_norm,
+        "valid_pixels": count,
+        "finite": finite,
+    }
+    return new_state, out
+
+
+def eval_step(
+    params: Any,
+    batch: Mapping[str, jax.Array],
+    *,
+    model: DeepLabVGG16,
+    num_classes: int,
+    use_depth: bool,
+    axis_name: str | None = None,
+) -> jax.Array:
+    """Confusion matrix (K, K) of a batch (padding examples, ``index < 0``, excluded)."""
+    logits = model.apply(
+        {"params": params}, batch["image"], batch["depth"] if use_depth else None, train=False
+    )
+    where = (batch["index"] >= 0)[:, None, None]
+    cm = metrics.confusion_matrix(
+        batch["label"], jnp.argmax(logits, axis=-1), num_classes=num_classes, where=where
+    )
+    return _psum(cm, axis_name)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data-parallel wrappers.
+
+
+class DataParallel:
+    """The two thin wrappers around one step function: ``'jit'`` (NamedSharding) or ``'pmap'``.
+
+    Args:
+      kind: 'jit' or 'pmap'.
+      num_devices: 0 = all (``jax.devices()`` for jit, ``jax.local_devices()`` for pmap); else the
+        first ``num_devices`` (single process only).
+    """
+
+    def __init__(self, kind: str, num_devices: int = 0):
+        if kind not in PARALLEL:
+            raise ValueError(f"parallel must be one of {PARALLEL}, got {kind!r}")
+        if num_devices and jax.process_count() > 1:
+            raise ValueError("config.num_devices must be 0 (all devices) on multi-host runs")
+        self.kind = kind
+        devices = jax.local_devices() if kind == "pmap" else jax.devices()
+        if num_devices:
+            if num_devices > len(devices):
+                raise ValueError(
+                    f"config.num_devices={num_devices} but only {len(devices)} devices exist"
+                )
+            devices = devices[:num_devices]
+        self.devices = list(devices)
+        self.mesh = Mesh(np.array(self.devices), (MESH_AXIS,))
+        self.replicated = NamedSharding(self.mesh, P())
+        self.data_sharding = NamedSharding(self.mesh, P(MESH_AXIS))
+
+    @property
+    def num_devices(self) -> int:
+        """Devices of the whole run (all processes)."""
+        n = len(self.devices)
+        return n * jax.process_count() if self.kind == "pmap" else n
+
+    @property
+    def pipeline_num_devices(self) -> int | None:
+        """The input pipeline's ``num_devices``: the leading device axis for pmap, else None."""
+        return len(self.devices) if self.kind == "pmap" else None
+
+    def put_state(self, tree):
+        """Host (or single-copy) pytree -> replicated on the devices."""
+        if self.kind == "pmap":
+            return jax_utils.replicate(tree, devices=self.devices)
+        return jax.device_put(tree, self.replicated)
+
+    def unreplicate(self, tree):
+        """Replicated pytree -> one copy (for saving, fingerprints, host reads)."""
+        if self.kind == "pmap":
+            return jax.tree.map(lambda x: x[0], tree)
+        return tree
+
+    def host(self, tree):
+        """Replicated pytree (e.g. metrics) -> numpy, valid on every process."""
+        if self.kind == "pmap":  # shard 0 has shape (1, ...)
+            return jax.tree.map(lambda x: np.asarray(x.addressable_data(0))[0], tree)
+        return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+
+    def shard_batch(self, batch: Mapping[str, np.ndarray]):
+        """A batch of the input pipeline (this process's part) -> the step's input."""
+        if self.kind == "pmap":
+            return dict(batch)
+        return {
+            k: jax.make_array_from_process_local_data(self.data_sharding, np.asarray(v))
+            for k, v in batch.items()
+        }
+
+    def compile(self, step_fn: Callable, *, donate_state: bool = False) -> Callable:
+        """``step_fn(state_like, batch, *rest, axis_name=...)`` -> parallel callable."""
+        if self.kind == "pmap":
+            return jax.pmap(
+                functools.partial(step_fn, axis_name=PMAP_AXIS),
+                axis_name=PMAP_AXIS,
+                devices=self.devices,
+                donate_argnums=(0,) if donate_state else (),
+            )
+        return jax.jit(
+            functools.partial(step_fn, axis_name=None),
+            out_shardings=self.replicated,
+            donate_argnums=(0,) if donate_state else (),
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Teacher.
+
+
+def load_teacher(config, num_classes: int) -> tuple[ml_collections.ConfigDict, Any]:
+    """``(teacher_config, teacher_params)`` from ``config.teacher_workdir`` (host arrays)."""
+    workdir = pathlib.Path(config.teacher_workdir).expanduser()
+    path = workdir / "config.json"
+    if not path.is_file():
+        raise _field_error(
+            "teacher_workdir",
+            f"{workdir} has no config.json: train the teacher there first (mode='teacher')",
+        )
+    body = json.loads(path.read_text())
+    tconfig = ml_collections.ConfigDict(body["config"])
+    if tconfig.get("mode") != "teacher":
+        raise _field_error(
+            "teacher_workdir", f"{workdir} is a {tconfig.get('mode')!r} run, not a teacher"
+        )
+    for field in ("width", "dataset"):
+        if tconfig.get(field) != config[field]:
+            raise _field_error(
+                field,
+                f"{config[field]!r} differs from the teacher's {tconfig.get(field)!r} ({workdir})",
+            )
+    ckpt = Checkpointer(workdir, config_fingerprint=body["config_fingerprint"], async_save=False)
+    try:
+        step = ckpt.best_step() if config.teacher_checkpoint == "best" else None
+        step = step if step is not None else ckpt.latest_step()
+        if step is None:
+            raise _field_error("teacher_workdir", f"{workdir} has no checkpoint")
+        template = create_train_state(tconfig, jax.random.PRNGKey(0), num_classes=num_classes)
+        state, _ = ckpt.restore(step, target=template)
+    finally:
+        ckpt.close()
+    logging.info("teacher: %s step %d", workdir, step)
+    return tconfig, jax.device_get(state.params)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data.
+
+
+def resolve_data_dir(config) -> str:
+    """``config.data_dir``, else ``$DRD_DATA_DIR``, else ``~/tensorflow_datasets``."""
+    d = config.data_dir or os.environ.get("DRD_DATA_DIR") or "~/tensorflow_datasets"
+    return str(pathlib.Path(d).expanduser())
+
+
+def dataset_class_names(dataset: str, source) -> list[str]:
+    """Class names from the dataset's metadata (or the builder module's ``CLASS_NAMES``)."""
+    info = getattr(source, "dataset_info", None)
+    meta = getattr(info, "metadata", None) or {}
+    if "class_names" in meta:
+        return list(meta["class_names"])
+    module = importlib.import_module(f"tfds_builders.{dataset.partition('/')[0]}")
+    return list(module.CLASS_NAMES)
+
+
+def evaluate(eval_fn, params, eval_ds, par: DataParallel, num_classes: int) -> np.ndarray:
+    """The confusion matrix of the whole eval dataset (int64, summed on the host)."""
+    cm = np.zeros((num_classes, num_classes), np.int64)
+    for batch in eval_ds:
+        cm += par.host(eval_fn(params, par.shard_batch(batch))).astype(np.int64)
+    return cm
+
+
+def _write_json_atomic(path: pathlib.Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _summary(cm: np.ndarray) -> dict[str, float]:
+    m = metrics.compute_metrics(cm)
+    return {
+        k: (math.nan if m[k] is None else m[k])
+        for k in ("mean_iou", "mean_pixel_accuracy", "pixel_accuracy")
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop.
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
+    """Trains (resuming from ``workdir`` if it holds a checkpoint), evaluates on the test split.
+
+    Returns the dict written to ``<workdir>/final_metrics.json``; with ``config.stop_after_steps``
+    reached first, ``{"stopped_at_step", "steps", "mode"}`` (no evaluation, nothing written).
+    """
+    validate_config(config)
+    workdir = pathlib.Path(workdir).expanduser().absolute()
+    ckpt = Checkpointer(
+        workdir,
+        config_fingerprint=fingerprint(config),
+        config=config.to_dict(),
+        max_to_keep=config.max_checkpoints_to_keep,
+        save_interval_steps=config.checkpoint_every_steps,
+        best_metric="mean_iou",
+    )
+    try:
+        return _train(config, workdir, ckpt)
+    finally:
+        ckpt.close()
+
+
+def _train(config, workdir: pathlib.Path, ckpt: Checkpointer) -> dict:
+    is_main = jax.process_index() == 0
+    data_dir = resolve_data_dir(config)
+    train_source = input_pipeline.load_data_source(
+        config.dataset, "train", data_dir=data_dir, prepare=True
+    )
+    test_source = input_pipeline.load_data_source(config.dataset, "test", data_dir=data_dir)
+    class_names = dataset_class_names(config.dataset, train_source)
+    num_classes = len(class_names)
+    par = DataParallel(config.parallel, config.num_devices)
+    if config.batch_size % par.num_devices:
+        raise _field_error(
+            "batch_size",
+            f"{config.batch_size} must be divisible by the number of devices {par.num_devices}",
+        )
+    eval_batch = config.eval_batch_size or par.num_devices
+    if eval_batch % par.num_devices:
+        raise _field_error(
+            "eval_batch_size",
+            f"{eval_batch} must be divisible by the number of devices {par.num_devices}",
+        )
+
+    teacher_model, teacher_params = None, None
+    if config.mode == "student" and config.teacher_workdir:
+        tconfig, teacher_params = load_teacher(config, num_classes)
+        teacher_model = make_model(tconfig, num_classes, depth_aware=True)
+
+    state = create_train_state(
+        config,
+        jax.random.PRNGKey(config.seed),
+        num_classes=num_classes,
+        teacher_params=teacher_params,
+    )
+    start_step = 0
+    if ckpt.latest_step() is not None:
+        # jit: restore straight into the replicated global arrays (multi-host safe).
+        template = state if par.kind == "pmap" else par.put_state(state)
+        state, _ = ckpt.restore(target=template)
+        start_step = int(state.step)
+        logging.info("resumed %s at step %d", workdir, start_step)
+    state = par.put_state(state)
+    if config.vtce_weight > 0 and teacher_params is not None:
+        teacher_params = par.put_state(teacher_params)  # the frozen teacher, on every device
+    else:  # baseline, teacher, or BL+PS (vtce_weight=0): no teacher in the step
+        teacher_model, teacher_params = None, None
+
+    model = make_model(config, num_classes)
+    lr_fn = make_learning_rate_fn(config)
+    use_depth = config.mode == "teacher"
+    p_train = par.compile(
+        functools.partial(
+            train_step,
+            num_classes=num_classes,
+            use_depth=use_depth,
+            learning_rate_fn=lr_fn,
+            teacher_model=teacher_model,
+            vtce_weight=float(config.vtce_weight),
+            beta=float(config.beta),
+            num_train_images=len(train_source),
+            global_batch_size=config.batch_size,
+        ),
+        donate_state=True,
+    )
+    p_eval = par.compile(
+        functools.partial(eval_step, model=model, num_classes=num_classes, use_depth=use_depth)
+    )
+    eval_ds = input_pipeline.create_eval_dataset(
+        test_source,
+        num_classes=num_classes,
+        batch_size=eval_batch,
+        num_devices=par.pipeline_num_devices,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    train_iter = input_pipeline.create_train_iterator(
+        train_source,
+        batch_size=config.batch_size,
+        crop_size=tuple(config.crop_size),
+        num_classes=num_classes,
+        seed=config.seed,
+        start_step=start_step,
+        num_devices=par.pipeline_num_devices,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        scale_range=tuple(config.scale_range),
+        flip_prob=config.flip_prob,
+        color_jitter=config.color_jitter,
+        num_workers=config.num_workers,
+    )
+
+    total = config.num_train_steps
+    end = min(total, config.stop_after_steps) if config.stop_after_steps else total
+    writer = MetricWriter(
+        workdir, resume_step=start_step, active=is_main, curves_on_close=bool(config.write_curves)
+    )
+    try:
+        from tqdm import tqdm
+
+        bar = tqdm(
+            total=total,
+            initial=start_step,
+            desc=config.mode,
+            dynamic_ncols=True,
+            disable=not (config.progress_bar and is_main),
+        )
+        last_time, last_step = time.perf_counter(), start_step
+        for step in range(start_step, end):
+            batch = next(train_iter)
+            state, step_metrics = p_train(state, par.shard_batch(batch), teacher_params)
+            m = par.host(step_metrics)
+            if not bool(m["finite"]):
+                raise FloatingPointError(
+                    f"non-finite training loss/gradients/params at step {step} "
+                    f"(loss={float(m['loss'])}, grad_norm={float(m['grad_norm'])}); the state "
+                    f"was not saved; last good checkpoint: step {ckpt.latest_step()} in "
+                    f"{ckpt.checkpoint_dir}"
+                )
+            new_step = step + 1
+            bar.update(1)
+            if new_step % config.log_every_steps == 0 or new_step == end:
+                now = time.perf_counter()
+                ips = (new_step - last_step) * config.batch_size / max(now - last_time, 1e-9)
+                last_time, last_step = now, new_step
+                scalars = {
+                    k: float(m[k])
+                    for k in ("loss", "ce_loss", "vtce_loss", "temperature", "lr", "grad_norm")
+                }
+                scalars["images_per_sec"] = ips
+                writer.write_scalars(new_step, scalars, split="train")
+                bar.set_postfix(
+                    loss=f"{scalars['loss']:.4f}", lr=f"{scalars['lr']:.2e}", img_s=f"{ips:.1f}"
+                )
+            if new_step == total:
+                break  # the final save (with metrics) follows
+            extra = {"data_step": new_step}
+            if config.eval_every_steps and new_step % config.eval_every_steps == 0:
+                cm = evaluate(p_eval, state.params, eval_ds, par, num_classes)
+                summary = _summary(cm)
+                writer.write_scalars(new_step, summary, split="eval")
+                ckpt.save(
+                    new_step, par.unreplicate(state), metrics=summary, extra=extra, force=True
+                )
+            elif new_step == end:
+                ckpt.save(new_step, par.unreplicate(state), extra=extra, force=True)
+            else:
+                ckpt.save(new_step, par.unreplicate(state), extra=extra)
+        bar.close()
+        final_step = int(par.host(state.step))
+        if final_step < total:
+            ckpt.wait()
+            return {"stopped_at_step": final_step, "steps": final_step, "mode": config.mode}
+
+        cm = evaluate(p_eval, state.params, eval_ds, par, num_classes)
+        summary = _summary(cm)
+        writer.write_scalars(total, summary, split="eval")
+        ckpt.save(
+            total, par.unreplicate(state), metrics=summary, extra={"data_step": total}, force=True
+        )
+        m = metrics.compute_metrics(cm)
+        result = {
+            "mode": config.mode,
+            "init": config.init,
+            "dataset": config.dataset,
+            "steps": total,
+            "params_fingerprint": params_fingerprint(par.unreplicate(state).params),
+            "config_fingerprint": fingerprint(config),
+            "pixel_accuracy": m["pixel_accuracy"],
+            "mean_pixel_accuracy": m["mean_pixel_accuracy"],
+            "mean_iou": m["mean_iou"],
+            "per_class_iou": dict(zip(class_names, m["per_class_iou"], strict=True)),
+            "per_class_pixel_accuracy": dict(
+                zip(class_names, m["per_class_pixel_accuracy"], strict=True)
+            ),
+            "class_names": class_names,
+            "num_present_classes": m["num_present_classes"],
+            "num_pixels": m["num_pixels"],
+            "confusion_matrix": cm.tolist(),
+        }
+        if is_main:
+            _write_json_atomic(workdir / FINAL_METRICS_NAME, result)
+            logging.info(
+                "final metrics: mIoU %s mPA %s PA %s\n%s",
+                m["mean_iou"],
+                m["mean_pixel_accuracy"],
+                m["pixel_accuracy"],
+                metrics.format_confusion_table(cm, class_names),
+            )
+        return result
+    finally:
+        writer.close()

@@ -1,0 +1,1 @@
+"""ml_collections training configs (``--config=experiments/configs/<name>.py[:variant]``)."""

@@ -1,0 +1,57 @@
+r"""Train and evaluate one drd-jax run (teacher, student or baseline).
+
+    python -m experiments.train --config=experiments/configs/synthetic.py --workdir=/tmp/teacher \
+        --config.mode=teacher
+    python -m experiments.train --config=experiments/configs/synthetic.py:tiny \
+        --workdir=/tmp/bl --config.mode=baseline --config.num_train_steps=10
+
+Any config field can be overridden with ``--config.<field>=<value>``. Rerunning with the same
+config and workdir resumes from the latest checkpoint. ``--multihost`` calls
+``jax.distributed.initialize()`` first (one process per host; see ``drd_jax/train.py``).
+"""
+
+import json
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run (checkpoints, logs).")
+_MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first.")
+config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    import jax
+
+    if _MULTIHOST.value:
+        jax.distributed.initialize()
+    from drd_jax.train import train_and_evaluate
+
+    logging.info(
+        "JAX devices: %s (process %d of %d)",
+        jax.devices(),
+        jax.process_index(),
+        jax.process_count(),
+    )
+    result = train_and_evaluate(FLAGS.config, _WORKDIR.value)
+    summary = {
+        k: result.get(k)
+        for k in (
+            "mode",
+            "steps",
+            "mean_iou",
+            "mean_pixel_accuracy",
+            "pixel_accuracy",
+            "stopped_at_step",
+        )
+        if k in result
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,362 @@
+"""Tests of drd_jax.train and the experiments.train entry point, on synthetic_rgbd/tiny.
+
+XLA optimisations are disabled for this module (``jax_disable_most_optimizations``): compiling the
+tiny D-Conv teacher drops from minutes to seconds on a slow CPU. Everything compared within a test
+runs under the same setting.
+"""
+
+import functools
+import json
+import math
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from drd_jax import input_pipeline, train
+from drd_jax.checkpointing import Checkpointer
+from drd_jax.metric_writers import read_jsonl
+from experiments.configs import synthetic
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIG_FILE = REPO_ROOT / "experiments" / "configs" / "synthetic.py"
+NUM_CLASSES = 6
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fast_compile():
+    old = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", old)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    input_pipeline.load_data_source("synthetic_rgbd/tiny", "train", data_dir=str(d), prepare=True)
+    return str(d)
+
+
+def tiny(data_dir, **overrides):
+    c = synthetic.get_config("tiny")
+    c.data_dir = data_dir
+    c.mode = "baseline"
+    for k, v in overrides.items():
+        c[k] = v
+    return c
+
+
+def read_final(workdir) -> dict:
+    return json.loads((pathlib.Path(workdir) / "final_metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def teacher_run(data_dir, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("teacher")
+    result = train.train_and_evaluate(tiny(data_dir, mode="teacher"), workdir)
+    return workdir, result
+
+
+@pytest.fixture(scope="module")
+def baseline_run(data_dir, tmp_path_factory):
+    """The tiny baseline through the absl entry point, with a ``--config.<field>`` override.
+
+    A subprocess: config_flags registers the override flags from ``sys.argv`` at import time.
+    """
+    workdir = tmp_path_factory.mktemp("baseline")
+    env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="1", JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.train",
+            f"--config={CONFIG_FILE}:tiny",
+            f"--workdir={workdir}",
+            "--config.mode=baseline",
+            f"--config.data_dir={data_dir}",
+            "--config.write_curves=True",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["mode"] == "baseline" and summary["steps"] == 4
+    return workdir
+
+
+def test_entry_point_baseline_writes_final_metrics(baseline_run):
+    m = read_final(baseline_run)
+    assert m["mode"] == "baseline" and m["steps"] == 4
+    for key in ("pixel_accuracy", "mean_pixel_accuracy", "mean_iou"):
+        assert math.isfinite(m[key]) and 0.0 <= m[key] <= 1.0, key
+    assert m["class_names"] == ["wall", "floor", "box", "ball", "pole", "cone"]
+    assert set(m["per_class_iou"]) == set(m["class_names"])
+    assert re.fullmatch(r"[0-9a-f]{64}", m["params_fingerprint"])
+    cm = np.array(m["confusion_matrix"])
+    assert cm.shape == (NUM_CLASSES, NUM_CLASSES)
+    assert cm.sum() == m["num_pixels"] > 0
+    assert m["num_pixels"] <= 8 * 48 * 64  # the whole tiny test split, full resolution
+    assert (baseline_run / "curves.png").is_file()
+    records = read_jsonl(baseline_run / "metrics.jsonl")
+    train_steps = [r["step"] for r in records if r["split"] == "train"]
+    assert train_steps == [1, 2, 3, 4]
+    for r in records:
+        if r["split"] == "train":
+            assert {"loss", "lr", "images_per_sec", "vtce_loss"} <= set(r["scalars"])
+            assert r["scalars"]["vtce_loss"] == 0.0
+    assert [r["scalars"]["mean_iou"] for r in records if r["split"] == "eval"] == [m["mean_iou"]]
+    # The final checkpoint carries the eval metrics and is the best one.
+    body = json.loads((baseline_run / "config.json").read_text())
+    ckpt = Checkpointer(baseline_run, config_fingerprint=body["config_fingerprint"])
+    try:
+        assert ckpt.latest_step() == 4 and ckpt.best_step() == 4
+    finally:
+        ckpt.close()
+
+
+def test_teacher_runs_with_depth(teacher_run):
+    workdir, result = teacher_run
+    assert result == read_final(workdir)
+    assert result["mode"] == "teacher"
+    assert math.isfinite(result["mean_iou"])
+    records = read_jsonl(workdir / "metrics.jsonl")
+    assert all(math.isfinite(r["scalars"]["loss"]) for r in records if r["split"] == "train")
+
+
+def test_teacher_model_uses_depth(data_dir):
+    c = tiny(data_dir, mode="teacher")
+    assert train.make_model(c, NUM_CLASSES).depth_aware
+    assert not train.make_model(tiny(data_dir), NUM_CLASSES).depth_aware
+
+
+def test_student_shares_teacher_params_and_adds_vtce(teacher_run, data_dir, tmp_path):
+    teacher_dir, teacher_result = teacher_run
+    c = tiny(
+        data_dir,
+        mode="student",
+        init="teacher",
+        teacher_workdir=str(teacher_dir),
+        parallel="pmap",
+        vtce_weight=1.0,
+        eval_every_steps=2,
+    )
+    # Parameter sharing: the student starts from exactly the teacher's final (best) params.
+    _, teacher_params = train.load_teacher(c, NUM_CLASSES)
+    state = train.create_train_state(
+        c, jax.random.PRNGKey(c.seed), num_classes=NUM_CLASSES, teacher_params=teacher_params
+    )
+    assert train.params_fingerprint(state.params) == teacher_result["params_fingerprint"]
+    fresh = train.create_train_state(
+        tiny(data_dir, mode="student"), jax.random.PRNGKey(c.seed), num_classes=NUM_CLASSES
+    )
+    assert train.params_fingerprint(fresh.params) != teacher_result["params_fingerprint"]
+
+    result = train.train_and_evaluate(c, tmp_path / "student")
+    assert result["mode"] == "student" and math.isfinite(result["mean_iou"])
+    train_records = [
+        r["scalars"]
+        for r in read_jsonl(tmp_path / "student" / "metrics.jsonl")
+        if r["split"] == "train"
+    ]
+    assert len(train_records) == 4
+    records = read_jsonl(tmp_path / "student" / "metrics.jsonl")
+    assert [r["step"] for r in records if r["split"] == "eval"] == [2, 4]
+    for s in train_records:
+        assert s["vtce_loss"] > 0.0
+        assert s["loss"] == pytest.approx(s["ce_loss"] + s["vtce_loss"], rel=1e-5)
+        assert s["temperature"] == pytest.approx(math.exp(-0.9), rel=1e-5)  # epoch 0 and 1
+
+
+def _train_few_steps(config, kind, num_devices, state0, batches):
+    par = train.DataParallel(kind, num_devices)
+    fn = par.compile(
+        functools.partial(
+            train.train_step,
+            num_classes=NUM_CLASSES,
+            use_depth=False,
+            learning_rate_fn=train.make_learning_rate_fn(config),
+            num_train_images=16,
+            global_batch_size=config.batch_size,
+        )
+    )
+    state = par.put_state(state0)
+    losses = []
+    for batch in batches:
+        if kind == "pmap":
+            n = len(par.devices)
+            batch = {k: v.reshape((n, v.shape[0] // n) + v.shape[1:]) for k, v in batch.items()}
+        state, m = fn(state, par.shard_batch(batch), None)
+        losses.append(float(par.host(m)["loss"]))
+    return jax.device_get(par.unreplicate(state).params), losses
+
+
+def test_pmap_jit_and_single_device_agree(data_dir):
+    # dropout_rate=0: the pmap path folds the device index into the dropout key (documented).
+    c = tiny(data_dir, dropout_rate=0.0, learning_rate=0.05)
+    source = input_pipeline.load_data_source(c.dataset, "train", data_dir=data_dir)
+    it = input_pipeline.create_train_iterator(
+        source,
+        batch_size=c.batch_size,
+        crop_size=c.crop_size,
+        num_classes=NUM_CLASSES,
+        seed=0,
+        scale_range=c.scale_range,
+    )
+    batches = [next(it) for _ in range(2)]
+    # Void pixels on the first device's half only: a per-device mean (instead of the global
+    # valid-pixel mean) would give another gradient.
+    batches[0]["label"][0, :20] = 255
+    state0 = train.create_train_state(c, jax.random.PRNGKey(0), num_classes=NUM_CLASSES)
+    p0 = jax.device_get(state0.params)
+    results = {
+        name: _train_few_steps(c, kind, n, state0, batches)
+        for name, kind, n in (("single", "jit", 1), ("jit", "jit", 2), ("pmap", "pmap", 2))
+    }
+    ref_params, ref_losses = results["single"]
+    ref_delta = jax.tree.map(lambda a, b: a - b, ref_params, p0)
+    assert max(float(np.abs(d).max()) for d in jax.tree.leaves(ref_delta)) > 0
+    for name in ("jit", "pmap"):
+        params, losses = results[name]
+        np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, err_msg=name)
+        delta = jax.tree.map(lambda a, b: a - b, params, p0)
+        for d, r in zip(jax.tree.leaves(delta), jax.tree.leaves(ref_delta), strict=True):
+            scale = float(np.abs(r).max()) + 1e-12
+            np.testing.assert_allclose(d, r, rtol=0, atol=1e-3 * scale, err_msg=name)
+
+
+def test_resume_gives_same_params(baseline_run, data_dir, tmp_path):
+    expected = read_final(baseline_run)["params_fingerprint"]
+    workdir = tmp_path / "resumed"
+    out = train.train_and_evaluate(tiny(data_dir, stop_after_steps=3), workdir)
+    assert out == {"stopped_at_step": 3, "steps": 3, "mode": "baseline"}
+    assert not (workdir / "final_metrics.json").exists()
+    # Simulate a crash after step 3 but before its checkpoint: resume from the periodic one (2).
+    shutil.rmtree(workdir / "checkpoints" / "3")
+    result = train.train_and_evaluate(tiny(data_dir), workdir)
+    assert result["params_fingerprint"] == expected
+    steps = [r["step"] for r in read_jsonl(workdir / "metrics.jsonl") if r["split"] == "train"]
+    assert steps == [1, 2, 3, 4]  # no duplicated log lines after the resume
+
+    # The same workdir with another config is refused, naming the workdir.
+    with pytest.raises(ValueError, match="different config"):
+        train.train_and_evaluate(tiny(data_dir, learning_rate=0.5), workdir)
+    # Execution-only fields may change (they are not in the fingerprint): nothing left to train.
+    again = train.train_and_evaluate(tiny(data_dir, parallel="pmap"), workdir)
+    assert again["params_fingerprint"] == expected
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
+    c = tiny(data_dir, learning_rate=1e30, checkpoint_every_steps=1, num_train_steps=6)
+    with pytest.raises(FloatingPointError, match=r"at step \d+") as info:
+        train.train_and_evaluate(c, tmp_path)
+    bad_step = int(re.search(r"at step (\d+)", str(info.value)).group(1))
+    assert bad_step >= 1  # step 0 starts from finite params, its loss is finite
+    body = json.loads((tmp_path / "config.json").read_text())
+    ckpt = Checkpointer(tmp_path, config_fingerprint=body["config_fingerprint"])
+    try:
+        assert ckpt.latest_step() == bad_step  # saved after every good step, not after the bad one
+        template = train.create_train_state(c, jax.random.PRNGKey(0), num_classes=NUM_CLASSES)
+        state, _ = ckpt.restore(target=template)
+    finally:
+        ckpt.close()
+    assert int(state.step) == bad_step
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(state.params)))
+    assert not (tmp_path / "final_metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"mode": "distill"}, "mode"),
+        ({"init": "random"}, "init"),
+        ({"optimizer": "rmsprop"}, "optimizer"),
+        ({"parallel": "pjit"}, "parallel"),
+        ({"dataset": "no_such_dataset/x"}, "dataset"),
+        ({"mode": "student", "vtce_weight": 1.0}, "teacher_workdir"),
+        ({"mode": "student", "init": "teacher", "vtce_weight": 0.0}, "teacher_workdir"),
+        ({"init": "teacher"}, "init"),
+        ({"init": "imagenet"}, "pretrained_path"),
+        ({"learning_rate": -1.0}, "learning_rate"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"momentum": 1.0}, "momentum"),
+        ({"dropout_rate": 1.0}, "dropout_rate"),
+        ({"crop_size": (32,)}, "crop_size"),
+        ({"teacher_checkpoint": "first"}, "teacher_checkpoint"),
+    ],
+)
+def test_config_errors_name_the_field(overrides, field, tmp_path):
+    c = tiny(str(tmp_path))
+    c.unlock()
+    for k, v in overrides.items():
+        c[k] = v
+    with pytest.raises(ValueError, match=rf"config\.{field}\b"):
+        train.train_and_evaluate(c, tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before touching the workdir
+
+
+def test_config_missing_field_and_tiny_variant():
+    c = synthetic.get_config()
+    del c["beta"]
+    with pytest.raises(ValueError, match="beta"):
+        train.validate_config(c)
+    with pytest.raises(ValueError, match="variant"):
+        synthetic.get_config("huge")
+    train.validate_config(synthetic.get_config())
+    train.validate_config(synthetic.get_config("tiny"))
+
+
+def test_student_refuses_a_non_teacher_workdir(baseline_run, data_dir):
+    c = tiny(data_dir, mode="student", teacher_workdir=str(baseline_run))
+    with pytest.raises(ValueError, match="config.teacher_workdir"):
+        train.load_teacher(c, NUM_CLASSES)
+
+
+def test_imagenet_init_merges_the_trunk(data_dir):
+    c = tiny(data_dir, mode="student", init="imagenet", pretrained_path="unused.npz")
+    fresh = train.create_train_state(
+        tiny(data_dir), jax.random.PRNGKey(0), num_classes=NUM_CLASSES
+    ).params
+    pretrained = {
+        name: {k: np.full(np.shape(v), 0.5, np.float32) for k, v in fresh[name].items()}
+        for name in fresh
+        if name.startswith("conv")
+    }
+    assert len(pretrained) == 13
+    state = train.create_train_state(
+        c, jax.random.PRNGKey(0), num_classes=NUM_CLASSES, pretrained=pretrained
+    )
+    for name, layer in state.params.items():
+        for k, v in layer.items():
+            if name.startswith("conv"):
+                np.testing.assert_array_equal(v, 0.5)
+            else:  # fc6..fc8 keep their initialisation
+                np.testing.assert_array_equal(v, fresh[name][k])
+
+
+def test_learning_rate_schedule_and_optimizers(data_dir):
+    c = tiny(data_dir, learning_rate=0.1, num_train_steps=10)
+    lr = train.make_learning_rate_fn(c)
+    assert float(lr(0)) == pytest.approx(0.1)
+    assert float(lr(5)) == pytest.approx(0.1 * 0.5**0.9, rel=1e-5)
+    assert float(lr(10)) == 0.0
+    params = {"w": np.ones(3, np.float32)}
+    grads = {"w": np.full(3, 2.0, np.float32)}
+    for name in ("sgd", "adam"):
+        c = tiny(data_dir, optimizer=name, learning_rate=0.1, weight_decay=0.5)
+        tx = train.make_optimizer(c)
+        updates, _ = tx.update(grads, tx.init(params), params)
+        if name == "sgd":  # -lr * (g + wd * w): decay added to the gradient
+            np.testing.assert_allclose(updates["w"], -0.1 * (2.0 + 0.5), rtol=1e-6)
+        else:  # Adam's first step is -lr * sign(g + wd * w)
+            np.testing.assert_allclose(updates["w"], -0.1, rtol=1e-4)
