@@ -64,6 +64,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from drd_jax.files import atomic_write_text
+
 __all__ = ["Checkpointer", "config_fingerprint"]
 
 _CONFIG_FILE = "config.json"
@@ -236,9 +238,7 @@ class Checkpointer:
             "config_fingerprint": self.config_fingerprint,
             "config": None if config is None else _plain(config),
         }
-        tmp = path.with_name(f".{_CONFIG_FILE}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)  # atomic: readers see the old file or the whole new one
+        atomic_write_text(path, json.dumps(body, indent=2, sort_keys=True) + "\n")
 
     # -- queries ----------------------------------------------------------------------------------
 

@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from drd_jax.files import atomic_write_text
+
 __all__ = ["MetricWriter", "read_jsonl"]
 
 JSONL_NAME = "metrics.jsonl"
@@ -168,11 +170,9 @@ class MetricWriter:
         kept = [r for r in records if int(r["step"]) <= step]
         if self._file is not None:
             self._file.flush()
-        tmp = self.jsonl_path.with_name(f".{JSONL_NAME}.tmp-{os.getpid()}")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for r in kept:
-                f.write(json.dumps(r, allow_nan=False) + "\n")
-        os.replace(tmp, self.jsonl_path)
+        atomic_write_text(
+            self.jsonl_path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in kept)
+        )
         if self._file is not None:  # keep appending to the new file, not the replaced one
             self._file.close()
             self._file = open(self.jsonl_path, "a", encoding="utf-8")  # noqa: SIM115

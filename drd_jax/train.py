@@ -95,6 +95,7 @@ from jax.sharding import PartitionSpec as P
 
 from drd_jax import input_pipeline, losses, metrics
 from drd_jax.checkpointing import Checkpointer, config_fingerprint
+from drd_jax.files import atomic_write_text
 from drd_jax.metric_writers import MetricWriter
 from drd_jax.models import DeepLabVGG16
 
@@ -640,12 +641,6 @@ def evaluate(eval_fn, params, eval_ds, par: DataParallel, num_classes: int) -> n
     return cm
 
 
-def _write_json_atomic(path: pathlib.Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-
-
 def _summary(cm: np.ndarray) -> dict[str, float]:
     m = metrics.compute_metrics(cm)
     return {
@@ -859,7 +854,9 @@ def _train(config, workdir: pathlib.Path, ckpt: Checkpointer) -> dict:
             "confusion_matrix": cm.tolist(),
         }
         if is_main:
-            _write_json_atomic(workdir / FINAL_METRICS_NAME, result)
+            atomic_write_text(
+                workdir / FINAL_METRICS_NAME, json.dumps(result, indent=2, allow_nan=False) + "\n"
+            )
             logging.info(
                 "final metrics: mIoU %s mPA %s PA %s\n%s",
                 m["mean_iou"],
