@@ -327,6 +327,18 @@ class Checkpointer:
             return None
         return clean
 
+    def _existing_step(self, step: int | None) -> int:
+        if step is None:
+            step = self.latest_step()
+            if step is None:
+                raise FileNotFoundError(f"no checkpoint in {self.checkpoint_dir}")
+        elif int(step) not in self._manager.all_steps():
+            raise FileNotFoundError(
+                f"no checkpoint for step {step} in {self.checkpoint_dir}; "
+                f"available steps: {self.all_steps()}"
+            )
+        return int(step)
+
     def restore(self, step: int | None = None, *, target: Any) -> tuple[Any, dict]:
         """Restores the checkpoint at ``step`` (default: the latest) into ``target``'s structure.
 
@@ -344,27 +356,34 @@ class Checkpointer:
           ValueError: the checkpoint was written under a different config fingerprint.
         """
         self.wait()
-        if step is None:
-            step = self.latest_step()
-            if step is None:
-                raise FileNotFoundError(f"no checkpoint in {self.checkpoint_dir}")
-        elif int(step) not in self._manager.all_steps():
-            raise FileNotFoundError(
-                f"no checkpoint for step {step} in {self.checkpoint_dir}; "
-                f"available steps: {self.all_steps()}"
-            )
+        step = self._existing_step(step)
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
         restored = self._manager.restore(
-            int(step),
+            step,
             args=ocp.args.Composite(
                 **{_STATE: ocp.args.StandardRestore(abstract), _META: ocp.args.JsonRestore()}
             ),
         )
-        meta = restored[_META]
+        return restored[_STATE], self._checked_extra(restored[_META])
+
+    def read_extra(self, step: int | None = None) -> dict:
+        """The ``extra`` dict saved with ``step`` (default: the latest), without reading the state.
+
+        Raises ``FileNotFoundError`` when there is no such checkpoint and ``ValueError`` when it was
+        written under another config fingerprint.
+        """
+        self.wait()
+        step = self._existing_step(step)
+        meta = self._manager.restore(
+            step, args=ocp.args.Composite(**{_META: ocp.args.JsonRestore()})
+        )[_META]
+        return self._checked_extra(meta)
+
+    def _checked_extra(self, meta: Mapping[str, Any]) -> dict:
         found = meta.get("config_fingerprint", "")
         if found != self.config_fingerprint:
             raise _mismatch(self.workdir, found, self.config_fingerprint)
-        return restored[_STATE], meta.get("extra", {})
+        return meta.get("extra", {})
 
     # -- lifecycle ------------------------------------------------------------------------------
 

@@ -81,30 +81,31 @@ import os
 import pathlib
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from flax import jax_utils
 from flax.training import train_state
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from drd_jax import input_pipeline, losses, metrics
 from drd_jax.checkpointing import Checkpointer, config_fingerprint
 from drd_jax.files import atomic_write_text
 from drd_jax.metric_writers import MetricWriter
 from drd_jax.models import DeepLabVGG16
+from drd_jax.parallel import PARALLEL, DataParallel
 
 __all__ = [
     "DataParallel",
     "TrainState",
     "create_train_state",
     "eval_step",
+    "RunCheckpoint",
+    "load_run",
     "load_teacher",
+    "read_run_config",
     "make_learning_rate_fn",
     "make_model",
     "make_optimizer",
@@ -117,7 +118,6 @@ __all__ = [
 MODES = ("baseline", "teacher", "student")
 INITS = ("scratch", "teacher", "imagenet")
 OPTIMIZERS = ("sgd", "adam")
-PARALLEL = ("jit", "pmap")
 TEACHER_CHECKPOINTS = ("best", "latest")
 # Fields that do not change what a run computes; they may differ between a run and its resume.
 FINGERPRINT_IGNORE = (
@@ -130,8 +130,6 @@ FINGERPRINT_IGNORE = (
     "write_curves",
 )
 FINAL_METRICS_NAME = "final_metrics.json"
-PMAP_AXIS = "batch"
-MESH_AXIS = "data"
 
 
 class TrainState(train_state.TrainState):
@@ -490,105 +488,87 @@ def eval_step(
 
 
 # ----------------------------------------------------------------------------------------------
-# Data-parallel wrappers.
+# Teacher.
 
 
-class DataParallel:
-    """The two thin wrappers around one step function: ``'jit'`` (NamedSharding) or ``'pmap'``.
+class RunCheckpoint(NamedTuple):
+    """A trained run read back from its workdir (see :func:`load_run`)."""
+
+    workdir: pathlib.Path
+    config: ml_collections.ConfigDict
+    params: Any  # host (numpy) param tree
+    class_names: list[str]
+    step: int
+
+    def make_model(self, **overrides: Any) -> DeepLabVGG16:
+        """The run's model (``depth_aware`` as trained unless overridden)."""
+        return make_model(self.config, len(self.class_names), **overrides)
+
+
+def read_run_config(workdir: str | os.PathLike) -> tuple[ml_collections.ConfigDict, str]:
+    """``(config, config_fingerprint)`` recorded in ``<workdir>/config.json`` by a training run."""
+    workdir = pathlib.Path(workdir).expanduser()
+    path = workdir / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{workdir} is not a training run: it has no config.json (run experiments.train first)"
+        )
+    try:
+        body = json.loads(path.read_text())
+        return ml_collections.ConfigDict(body["config"]), str(body["config_fingerprint"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a drd-jax run config ({e})") from e
+
+
+def load_run(workdir: str | os.PathLike, *, checkpoint: str = "best") -> RunCheckpoint:
+    """Reads a run's params back: its best-by-mIoU checkpoint (else its latest), or its latest.
 
     Args:
-      kind: 'jit' or 'pmap'.
-      num_devices: 0 = all (``jax.devices()`` for jit, ``jax.local_devices()`` for pmap); else the
-        first ``num_devices`` (single process only).
+      workdir: a directory written by :func:`train_and_evaluate`.
+      checkpoint: ``'best'`` (falls back to the latest when no checkpoint has eval metrics) or
+        ``'latest'``.
+
+    Raises:
+      FileNotFoundError: not a run directory, or no checkpoint in it.
+      ValueError: a bad ``checkpoint`` value or a corrupt/mismatched ``config.json``.
     """
-
-    def __init__(self, kind: str, num_devices: int = 0):
-        if kind not in PARALLEL:
-            raise ValueError(f"parallel must be one of {PARALLEL}, got {kind!r}")
-        if num_devices and jax.process_count() > 1:
-            raise ValueError("config.num_devices must be 0 (all devices) on multi-host runs")
-        self.kind = kind
-        devices = jax.local_devices() if kind == "pmap" else jax.devices()
-        if num_devices:
-            if num_devices > len(devices):
-                raise ValueError(
-                    f"config.num_devices={num_devices} but only {len(devices)} devices exist"
-                )
-            devices = devices[:num_devices]
-        self.devices = list(devices)
-        self.mesh = Mesh(np.array(self.devices), (MESH_AXIS,))
-        self.replicated = NamedSharding(self.mesh, P())
-        self.data_sharding = NamedSharding(self.mesh, P(MESH_AXIS))
-
-    @property
-    def num_devices(self) -> int:
-        """Devices of the whole run (all processes)."""
-        n = len(self.devices)
-        return n * jax.process_count() if self.kind == "pmap" else n
-
-    @property
-    def pipeline_num_devices(self) -> int | None:
-        """The input pipeline's ``num_devices``: the leading device axis for pmap, else None."""
-        return len(self.devices) if self.kind == "pmap" else None
-
-    def put_state(self, tree):
-        """Host (or single-copy) pytree -> replicated on the devices."""
-        if self.kind == "pmap":
-            return jax_utils.replicate(tree, devices=self.devices)
-        return jax.device_put(tree, self.replicated)
-
-    def unreplicate(self, tree):
-        """Replicated pytree -> one copy (for saving, fingerprints, host reads)."""
-        if self.kind == "pmap":
-            return jax.tree.map(lambda x: x[0], tree)
-        return tree
-
-    def host(self, tree):
-        """Replicated pytree (e.g. metrics) -> numpy, valid on every process."""
-        if self.kind == "pmap":  # shard 0 has shape (1, ...)
-            return jax.tree.map(lambda x: np.asarray(x.addressable_data(0))[0], tree)
-        return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
-
-    def shard_batch(self, batch: Mapping[str, np.ndarray]):
-        """A batch of the input pipeline (this process's part) -> the step's input."""
-        if self.kind == "pmap":
-            return dict(batch)
-        return {
-            k: jax.make_array_from_process_local_data(self.data_sharding, np.asarray(v))
-            for k, v in batch.items()
-        }
-
-    def compile(self, step_fn: Callable, *, donate_state: bool = False) -> Callable:
-        """``step_fn(state_like, batch, *rest, axis_name=...)`` -> parallel callable."""
-        if self.kind == "pmap":
-            return jax.pmap(
-                functools.partial(step_fn, axis_name=PMAP_AXIS),
-                axis_name=PMAP_AXIS,
-                devices=self.devices,
-                donate_argnums=(0,) if donate_state else (),
+    if checkpoint not in TEACHER_CHECKPOINTS:
+        raise ValueError(f"checkpoint must be one of {TEACHER_CHECKPOINTS}, got {checkpoint!r}")
+    workdir = pathlib.Path(workdir).expanduser().absolute()
+    config, config_fp = read_run_config(workdir)
+    ckpt = Checkpointer(workdir, config_fingerprint=config_fp, async_save=False)
+    try:
+        step = ckpt.best_step() if checkpoint == "best" else None
+        step = step if step is not None else ckpt.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"{workdir} has no checkpoint yet")
+        extra = ckpt.read_extra(step)
+        class_names = extra.get("class_names")
+        if not class_names:  # checkpoints written before class names were recorded
+            data_dir = resolve_data_dir(config)
+            source = input_pipeline.load_data_source(config.dataset, "test", data_dir=data_dir)
+            class_names = dataset_class_names(config.dataset, source)
+        template_config = ml_collections.ConfigDict(config.to_dict())
+        template_config.init = "scratch"  # same tree; no teacher or weights file needed
+        template = jax.eval_shape(
+            lambda: create_train_state(
+                template_config, jax.random.PRNGKey(0), num_classes=len(class_names)
             )
-        return jax.jit(
-            functools.partial(step_fn, axis_name=None),
-            out_shardings=self.replicated,
-            donate_argnums=(0,) if donate_state else (),
         )
-
-
-# ----------------------------------------------------------------------------------------------
-# Teacher.
+        state, _ = ckpt.restore(step, target=template)
+    finally:
+        ckpt.close()
+    logging.info("restored %s step %d", workdir, step)
+    return RunCheckpoint(workdir, config, jax.device_get(state.params), list(class_names), step)
 
 
 def load_teacher(config, num_classes: int) -> tuple[ml_collections.ConfigDict, Any]:
     """``(teacher_config, teacher_params)`` from ``config.teacher_workdir`` (host arrays)."""
     workdir = pathlib.Path(config.teacher_workdir).expanduser()
-    path = workdir / "config.json"
-    if not path.is_file():
-        raise _field_error(
-            "teacher_workdir",
-            f"{workdir} has no config.json: train the teacher there first (mode='teacher')",
-        )
-    body = json.loads(path.read_text())
-    tconfig = ml_collections.ConfigDict(body["config"])
+    try:
+        tconfig, _ = read_run_config(workdir)
+    except (FileNotFoundError, ValueError) as e:
+        raise _field_error("teacher_workdir", f"{e}; train the teacher there first") from e
     if tconfig.get("mode") != "teacher":
         raise _field_error(
             "teacher_workdir", f"{workdir} is a {tconfig.get('mode')!r} run, not a teacher"
@@ -599,18 +579,17 @@ def load_teacher(config, num_classes: int) -> tuple[ml_collections.ConfigDict, A
                 field,
                 f"{config[field]!r} differs from the teacher's {tconfig.get(field)!r} ({workdir})",
             )
-    ckpt = Checkpointer(workdir, config_fingerprint=body["config_fingerprint"], async_save=False)
     try:
-        step = ckpt.best_step() if config.teacher_checkpoint == "best" else None
-        step = step if step is not None else ckpt.latest_step()
-        if step is None:
-            raise _field_error("teacher_workdir", f"{workdir} has no checkpoint")
-        template = create_train_state(tconfig, jax.random.PRNGKey(0), num_classes=num_classes)
-        state, _ = ckpt.restore(step, target=template)
-    finally:
-        ckpt.close()
-    logging.info("teacher: %s step %d", workdir, step)
-    return tconfig, jax.device_get(state.params)
+        run = load_run(workdir, checkpoint=config.teacher_checkpoint)
+    except FileNotFoundError as e:
+        raise _field_error("teacher_workdir", str(e)) from e
+    if len(run.class_names) != num_classes:
+        raise _field_error(
+            "teacher_workdir",
+            f"the teacher in {workdir} has {len(run.class_names)} classes, the data {num_classes}",
+        )
+    logging.info("teacher: %s step %d", workdir, run.step)
+    return tconfig, run.params
 
 
 # ----------------------------------------------------------------------------------------------
@@ -809,7 +788,7 @@ def _train(config, workdir: pathlib.Path, ckpt: Checkpointer) -> dict:
                 )
             if new_step == total:
                 break  # the final save (with metrics) follows
-            extra = {"data_step": new_step}
+            extra = {"data_step": new_step, "class_names": class_names}
             if config.eval_every_steps and new_step % config.eval_every_steps == 0:
                 cm = evaluate(p_eval, state.params, eval_ds, par, num_classes)
                 summary = _summary(cm)
@@ -831,7 +810,11 @@ def _train(config, workdir: pathlib.Path, ckpt: Checkpointer) -> dict:
         summary = _summary(cm)
         writer.write_scalars(total, summary, split="eval")
         ckpt.save(
-            total, par.unreplicate(state), metrics=summary, extra={"data_step": total}, force=True
+            total,
+            par.unreplicate(state),
+            metrics=summary,
+            extra={"data_step": total, "class_names": class_names},
+            force=True,
         )
         m = metrics.compute_metrics(cm)
         result = {
