@@ -609,6 +609,11 @@ def dataset_class_names(dataset: str, source) -> list[str]:
     if "class_names" in meta:
         return list(meta["class_names"])
     module = importlib.import_module(f"tfds_builders.{dataset.partition('/')[0]}")
+    if not hasattr(module, "CLASS_NAMES"):
+        raise ValueError(
+            f"config.dataset: the built {dataset!r} records no class names in its metadata; "
+            "rebuild it with this version of tfds_builders (python -m tfds_builders.build)"
+        )
     return list(module.CLASS_NAMES)
 
 

@@ -6,6 +6,7 @@ a raw 894-class label that maps to the real 40-class label. Real files are read 
 data folder (``shared_data`` skips when absent) and never copied into the repository.
 """
 
+import json
 import pathlib
 
 import h5py
@@ -14,7 +15,7 @@ import PIL.Image
 import pytest
 import tensorflow_datasets as tfds
 
-from tfds_builders import nyuv2
+from tfds_builders import _common, nyuv2
 from tfds_builders._common import InvalidFileError, InvalidFrameError, MissingFilesError
 from tfds_builders.nyuv2 import nyuv2_dataset_builder as nyu
 from tfds_builders.nyuv2 import testing
@@ -32,6 +33,21 @@ def _label40(shared: pathlib.Path, k: int) -> np.ndarray:
 
 def _label13(shared: pathlib.Path, k: int) -> np.ndarray:
     return _png(shared / f"nyuv2_test_labels/test_labels_13/new_nyu_class13_{k:04d}.png")
+
+
+def _names_file(shared: pathlib.Path, num_classes: int) -> list[str]:
+    """Names of labels 1..K from ``class_names_<K>.txt`` (``index<TAB>name``, 0 = void)."""
+    lines = (shared / "nyuv2_meta" / f"class_names_{num_classes}.txt").read_text().splitlines()
+    rows = [line.split("\t", 1) for line in lines]
+    assert [int(i) for i, _ in rows] == list(range(num_classes + 1)) and rows[0][1] == "void"
+    return [name for _, name in rows[1:]]
+
+
+def _check_class_names(info, expected: list[str]) -> None:
+    meta = info.metadata
+    assert meta["class_names"] == expected
+    assert len(meta["class_names"]) == meta["num_classes"] == len(expected)
+    assert meta["void_label"] == 0
 
 
 def _link_meta(shared: pathlib.Path, manual: pathlib.Path, names=META_FILES) -> None:
@@ -96,7 +112,9 @@ def real_split_manual(shared_data, real, tmp_path_factory):
             "scene": f"kitchen_{k:04d}",
             "scene_type": "kitchen",
         }
-    testing.write_labeled_mat(manual / nyu.LABELED_MAT, 1449, frames)
+    testing.write_labeled_mat(
+        manual / nyu.LABELED_MAT, 1449, frames, class_names=_names_file(shared_data, 894)
+    )
     _link_meta(shared_data, manual)
     return manual, frames
 
@@ -145,6 +163,22 @@ def test_real_class_maps(shared_data, real):
     np.testing.assert_array_equal(real["map40"], text40[:, 1])
     np.testing.assert_array_equal(real["map13"], text13[:, 1])
     assert real["map40"][0] == 0 and real["map13"][0] == 0
+
+
+@pytest.mark.parametrize("num_classes", [40, 13])
+def test_class_names_match_the_real_files(num_classes, shared_data):
+    meta = shared_data / "nyuv2_meta"
+    expected = _names_file(shared_data, num_classes)
+    names = {40: nyuv2.CLASS_NAMES_40, 13: nyuv2.CLASS_NAMES_13}[num_classes]
+    assert isinstance(names, tuple) and names == nyu.class_names(num_classes)
+    assert list(names) == expected and len(names) == num_classes
+    if num_classes == 40:
+        in_mat = _common.load_mat_v5(meta / "classMapping40.mat", ["className"])["className"]
+    else:
+        struct = _common.load_mat_v5(meta / "class13Mapping.mat", ["classMapping13"])
+        in_mat = struct["classMapping13"].classNames
+    assert [str(n) for n in in_mat] == expected
+    assert nyu.class_names(894) is None
 
 
 def test_40_to_13_matches_real_test_labels(shared_data, real):
@@ -204,6 +238,12 @@ def test_build_with_real_split_and_maps(config, real_split_manual, shared_data, 
             assert label.dtype == np.uint16
             np.testing.assert_array_equal(label, frames[k]["label"])
     assert builder.info.features["label"].np_dtype == (np.uint16 if config == "894" else np.uint8)
+    # Class names: in the builder's info and, read back from disk, in the data source's.
+    expected = _names_file(shared_data, int(config))
+    _check_class_names(builder.info, expected)
+    _check_class_names(source["test"].dataset_info, expected)
+    saved = json.loads((pathlib.Path(builder.data_dir) / "metadata.json").read_text())
+    assert saved["class_names"] == expected
 
 
 def test_full_splits_and_as_data_source(shared_data, tmp_path):
@@ -228,6 +268,41 @@ def test_config_894_needs_no_class_maps(shared_data, tmp_path):
     manual = _small_manual(tmp_path / "m", shared_data, frames, [1], [2, 3], meta=())
     source = _build("894", tmp_path / "d", manual).as_data_source()
     np.testing.assert_array_equal(source["train"][0]["label"], frames[1]["label"])
+    # The fixture's `names` cell (placeholders) were saved with the dataset: a new builder on
+    # the built data_dir, which never opens the .mat, reads them back.
+    placeholders = [f"class{c}" for c in range(1, 895)]
+    _check_class_names(source["train"].dataset_info, placeholders)
+    _check_class_names(nyuv2.Builder(config="894", data_dir=str(tmp_path / "d")).info, placeholders)
+
+
+def test_894_names_cell_missing_or_wrong(shared_data, tmp_path):
+    manual = _small_manual(tmp_path / "m", shared_data, _small_frames(3), [1], [2, 3], meta=())
+    with h5py.File(manual / nyu.LABELED_MAT, "r+") as f:
+        refs = f["names"][:, :5]
+        del f["names"]
+        f.create_dataset("names", data=refs, dtype=h5py.ref_dtype)
+    with pytest.raises(InvalidFileError, match=r"`names` holds 5 class names, expected 894"):
+        _build("894", tmp_path / "d", manual)
+    with h5py.File(manual / nyu.LABELED_MAT, "r+") as f:
+        del f["names"]
+    with pytest.raises(InvalidFileError, match=r"no `names` cell"):
+        _build("894", tmp_path / "d", manual)
+    assert not nyuv2.Builder(config="894", data_dir=str(tmp_path / "d")).is_prepared()
+    # Configs 40 / 13 take their names from the code and never read the cell.
+    _link_meta(shared_data, manual, ["classMapping40.mat"])
+    _check_class_names(_build("40", tmp_path / "d", manual).info, list(nyuv2.CLASS_NAMES_40))
+
+
+def test_train_reads_the_13_class_names_of_a_built_source(shared_data, tmp_path):
+    from drd_jax import input_pipeline, train
+
+    frames = _small_frames(3)
+    manual = _small_manual(tmp_path / "m", shared_data, frames, [1, 3], [2])
+    _build("13", tmp_path / "d", manual)
+    source = input_pipeline.load_data_source("nyuv2/13", "train", data_dir=str(tmp_path / "d"))
+    assert len(source) == 2
+    names = train.dataset_class_names("nyuv2/13", source)
+    assert names == list(nyuv2.CLASS_NAMES_13) == _names_file(shared_data, 13)
 
 
 def test_build_reads_one_frame_at_a_time(shared_data, tmp_path, monkeypatch):

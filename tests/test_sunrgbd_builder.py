@@ -7,6 +7,7 @@ from the shared data folder; nothing is copied into the repository.
 """
 
 import io
+import json
 import pathlib
 import shutil
 
@@ -16,7 +17,7 @@ import PIL.Image
 import pytest
 import tensorflow_datasets as tfds
 
-from tfds_builders import sunrgbd
+from tfds_builders import nyuv2, sunrgbd
 from tfds_builders._common import InvalidFileError, InvalidFrameError, MissingFilesError
 from tfds_builders.sunrgbd import sunrgbd_dataset_builder as sun
 from tfds_builders.sunrgbd import testing
@@ -135,13 +136,43 @@ def _check_examples(source, scenes, depth_key):
             assert ex["sensor"] == SCENES[p][0].split("/")[0].encode()
 
 
+def _seg37_names(shared: pathlib.Path) -> list[str]:
+    """Names of labels 1..37 from ``seg37_class_names.txt`` (``index<TAB>name``, 0 = void)."""
+    lines = (shared / "sunrgbd_meta" / "seg37_class_names.txt").read_text().splitlines()
+    rows = [line.split("\t", 1) for line in lines]
+    assert [int(i) for i, _ in rows] == list(range(38)) and rows[0][1] == "void"
+    return [name for _, name in rows[1:]]
+
+
+def _check_class_names(info, expected):
+    meta = info.metadata
+    assert meta["class_names"] == expected
+    assert len(meta["class_names"]) == meta["num_classes"] == sun.NUM_CLASSES == 37
+    assert meta["void_label"] == 0
+
+
+def test_class_names_match_the_real_seg37_list(shared_data):
+    assert isinstance(sunrgbd.CLASS_NAMES, tuple) and sunrgbd.CLASS_NAMES is sun.CLASS_NAMES
+    assert list(sunrgbd.CLASS_NAMES) == _seg37_names(shared_data)
+    assert len(sunrgbd.CLASS_NAMES) == sunrgbd.NUM_CLASSES == 37
+    # They are NYUv2 40-class labels 1..37, spelled differently for five of them.
+    renamed = {"refridgerator": "fridge", "television": "tv"}
+    nyu37 = [renamed.get(n, n.replace(" ", "_")) for n in nyuv2.CLASS_NAMES_40[:37]]
+    assert list(sunrgbd.CLASS_NAMES) == nyu37
+
+
 @pytest.mark.parametrize("config,depth_key", [("bfx", "depth_bfx"), ("raw", "depth")])
-def test_build_from_zip(config, depth_key, zip_manual, scenes, tmp_path):
+def test_build_from_zip(config, depth_key, zip_manual, scenes, shared_data, tmp_path):
     builder = _build(config, tmp_path, zip_manual)
     assert builder.info.splits["train"].num_examples == len(TRAIN)
     assert builder.info.splits["test"].num_examples == len(TEST)
     source = tfds.data_source(f"sunrgbd/{config}", data_dir=str(tmp_path))
     _check_examples(source, scenes, depth_key)
+    expected = _seg37_names(shared_data)
+    _check_class_names(builder.info, expected)
+    _check_class_names(source["train"].dataset_info, expected)
+    saved = json.loads((pathlib.Path(builder.data_dir) / "metadata.json").read_text())
+    assert saved["class_names"] == expected
     depth = np.concatenate([ex["depth"].ravel() for ex in source["train"]])
     valid = depth[depth > 0]
     assert valid.min() >= 0.8 and valid.max() == 8.0  # the real maps reach the 8 m clamp

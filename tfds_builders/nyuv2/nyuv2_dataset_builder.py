@@ -11,6 +11,13 @@ arrays of references to ``char`` data. Frame k (1-based, as in splits.mat) is ar
 
 Labels: 894 -> 40 through ``[0] + mapClass`` (classMapping40.mat), 40 -> 13 through
 ``[0] + labels13`` (class13Mapping.mat); 0 stays void.
+
+Class names are in ``info.metadata`` (``class_names``: the K names of labels 1..K, no void;
+``num_classes``; ``void_label`` = 0). Configs ``40`` / ``13`` take them from
+:data:`CLASS_NAMES_40` / :data:`CLASS_NAMES_13` (the ``className`` of classMapping40.mat and the
+``classNames`` of class13Mapping.mat); config ``894`` reads the ``names`` cell of the labeled .mat
+while building, and TFDS saves them with the dataset (``metadata.json``). An ``894`` build made
+before the names were recorded has none: rebuild it.
 """
 
 from __future__ import annotations
@@ -33,6 +40,70 @@ CLASS_MAPPING_40_MAT = "classMapping40.mat"
 CLASS_MAPPING_13_MAT = "class13Mapping.mat"
 
 NUM_RAW_CLASSES = 894
+VOID_LABEL = 0
+
+# Labels 1..40 (Gupta et al. 2013), as in the ``className`` cell of classMapping40.mat.
+CLASS_NAMES_40 = (
+    "wall",
+    "floor",
+    "cabinet",
+    "bed",
+    "chair",
+    "sofa",
+    "table",
+    "door",
+    "window",
+    "bookshelf",
+    "picture",
+    "counter",
+    "blinds",
+    "desk",
+    "shelves",
+    "curtain",
+    "dresser",
+    "pillow",
+    "mirror",
+    "floor mat",
+    "clothes",
+    "ceiling",
+    "books",
+    "refridgerator",
+    "television",
+    "paper",
+    "towel",
+    "shower curtain",
+    "box",
+    "whiteboard",
+    "person",
+    "night stand",
+    "toilet",
+    "sink",
+    "lamp",
+    "bathtub",
+    "bag",
+    "otherstructure",
+    "otherfurniture",
+    "otherprop",
+)
+
+# Labels 1..13 (Couprie et al. 2013), as in ``classMapping13.classNames`` of class13Mapping.mat.
+CLASS_NAMES_13 = (
+    "bed",
+    "books",
+    "ceiling",
+    "chair",
+    "floor",
+    "furniture",
+    "objects",
+    "picture",
+    "sofa",
+    "table",
+    "tv",
+    "wall",
+    "window",
+)
+
+_CLASS_NAMES = {40: CLASS_NAMES_40, 13: CLASS_NAMES_13}
 NUM_TRAIN = 795
 NUM_TEST = 654
 
@@ -88,6 +159,17 @@ class NyuV2Config(tfds.core.BuilderConfig):
     """Which label set: 40 (Gupta et al.), 13 (Couprie et al.) or the 894 raw classes."""
 
     num_classes: int = 40
+
+
+def class_names(num_classes: int) -> tuple[str, ...] | None:
+    """Names of labels 1..K of a label set (``None`` for the 894 raw classes: they are read
+    from the labeled .mat while building)."""
+    if num_classes == NUM_RAW_CLASSES:
+        return None
+    try:
+        return _CLASS_NAMES[num_classes]
+    except KeyError:
+        raise ValueError(f"unsupported number of classes {num_classes} (40, 13 or 894)") from None
 
 
 def required_files(num_classes: int) -> list[ManualFile]:
@@ -221,6 +303,23 @@ class LabeledMat:
         except TypeError as err:
             raise InvalidFileError(f"{self.path}: `{name}` is not a cell array ({err})") from err
 
+    def class_names(self) -> list[str]:
+        """The raw class names of the ``names`` cell: entry i names raw label i + 1."""
+        if "names" not in self._file:
+            raise InvalidFileError(f"{self.path}: no `names` cell (the raw class names)")
+        try:
+            refs = _common.mat73_refs(self._file["names"])
+            names = [_common.mat73_string(self._file, ref) for ref in refs]
+        except TypeError as err:
+            raise InvalidFileError(f"{self.path}: `names` is not a cell array ({err})") from err
+        except (OSError, KeyError, ValueError) as err:
+            raise InvalidFileError(f"{self.path}: `names` cannot be read ({err})") from err
+        if len(names) != NUM_RAW_CLASSES:
+            raise InvalidFileError(
+                f"{self.path}: `names` holds {len(names)} class names, expected {NUM_RAW_CLASSES}"
+            )
+        return names
+
     def __enter__(self) -> LabeledMat:
         return self
 
@@ -314,10 +413,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             "scene_type": tfds.features.Text(doc="scene type from `sceneTypes`, e.g. 'bedroom'"),
         }
         label_dtype = np.uint16 if num_classes > 255 else np.uint8
+        metadata = tfds.core.MetadataDict(num_classes=num_classes, void_label=VOID_LABEL)
+        names = class_names(num_classes)
+        if names is not None:  # 894: set by _split_generators from the labeled .mat
+            metadata["class_names"] = list(names)
         return self.dataset_info_from_configs(
             description=_DESCRIPTION,
             features=rgbd_segmentation_features(extra, label_dtype=label_dtype),
             homepage=HOMEPAGE,
+            metadata=metadata,
         )
 
     def _download_and_prepare(self, dl_manager, download_config=None):
@@ -339,6 +443,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         label_map = raw_label_map(num_classes, paths)
         with LabeledMat(paths[LABELED_MAT]) as mat:
             num_frames = mat.num_frames
+            if num_classes == NUM_RAW_CLASSES:
+                # DatasetBuilder.download_and_prepare writes self.info (metadata.json included)
+                # after generation, so names set here are saved with the dataset.
+                self.info.metadata["class_names"] = mat.class_names()
         for split, indices in splits.items():
             if indices.max() > num_frames:
                 raise InvalidFileError(
@@ -378,9 +486,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
 
 __all__ = [
+    "CLASS_NAMES_13",
+    "CLASS_NAMES_40",
     "Builder",
     "LabeledMat",
     "NyuV2Config",
+    "class_names",
     "load_map_40_to_13",
     "load_map_894_to_40",
     "load_splits",

@@ -13,6 +13,9 @@ Manual download: ``SUNRGBD.zip`` (or its extracted ``SUNRGBD/`` folder) and the 
   '/SUNRGBD/').
 * Depth PNGs store millimetres rotated left by 3 bits: ``mm = (v >> 3) | (v << 13)`` in uint16
   (SUNRGBDtoolbox ``read3dPoints.m``), then /1000 and values above 8 m clamped to 8; 0 stays 0.
+
+Class names (:data:`CLASS_NAMES`, labels 1..37, no void) are in
+``info.metadata`` of both configs with ``num_classes`` and ``void_label`` = 0.
 """
 
 from __future__ import annotations
@@ -37,6 +40,50 @@ from tfds_builders._common import InvalidFileError, InvalidFrameError, ManualFil
 from tfds_builders.features import rgbd_segmentation_features
 
 NUM_CLASSES = 37
+VOID_LABEL = 0
+
+# Labels 1..37 (``seg37list`` of SUNRGBDtoolbox/Metadata/seg37list.mat), spelled as listed by
+# ankurhanda/sunrgbd-meta-data and ESANet: the NYUv2 40-class names 1..37 of Gupta et al. with
+# '_' for ' ' and 'fridge' / 'tv' for 'refridgerator' / 'television'.
+CLASS_NAMES = (
+    "wall",
+    "floor",
+    "cabinet",
+    "bed",
+    "chair",
+    "sofa",
+    "table",
+    "door",
+    "window",
+    "bookshelf",
+    "picture",
+    "counter",
+    "blinds",
+    "desk",
+    "shelves",
+    "curtain",
+    "dresser",
+    "pillow",
+    "mirror",
+    "floor_mat",
+    "clothes",
+    "ceiling",
+    "books",
+    "fridge",
+    "tv",
+    "paper",
+    "towel",
+    "shower_curtain",
+    "box",
+    "whiteboard",
+    "person",
+    "night_stand",
+    "toilet",
+    "sink",
+    "lamp",
+    "bathtub",
+    "bag",
+)
 NUM_TRAIN = 5285
 NUM_TEST = 5050
 MAX_DEPTH_M = 8.0
@@ -404,6 +451,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             description=_DESCRIPTION,
             features=rgbd_segmentation_features(extra),
             homepage=HOMEPAGE,
+            metadata=tfds.core.MetadataDict(
+                class_names=list(CLASS_NAMES), num_classes=NUM_CLASSES, void_label=VOID_LABEL
+            ),
         )
 
     def _download_and_prepare(self, dl_manager, download_config=None):

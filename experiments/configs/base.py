@@ -1,0 +1,59 @@
+"""The fields every training config has, at the paper's settings (full-width DeepLab-VGG16).
+
+Dataset configs (``nyuv2.py``, ``sunrgbd.py``, ``synthetic.py``) start from :func:`get_base_config`
+and change what differs. Every field is checked by ``drd_jax.train.validate_config``; a wrong value
+raises ``ValueError`` naming it (``config.<field>: ...``).
+"""
+
+import ml_collections
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+    """Paper defaults: SGD lr 2.5e-4, momentum 0.9, wd 4e-4, poly 0.9, batch 1, α 8.3, β 0.9.
+
+    The weight decay, poly power and augmentation follow the Depth-aware CNN training script (the
+    paper names only the learning rate, batch size, α and β); see ``../shared/docs/ANCHORS.md``.
+    """
+    c = ml_collections.ConfigDict()
+    # Data.
+    c.dataset = ""  # '<builder>/<config>', e.g. 'nyuv2/40'
+    c.data_dir = ""  # '' = $DRD_DATA_DIR or ~/tensorflow_datasets
+    c.crop_size = (480, 640)  # (height, width) of training crops (padded with void if larger)
+    c.scale_range = (0.76, 1.75)  # random rescale before the crop
+    c.flip_prob = 0.5
+    c.color_jitter = 0.0
+    c.num_workers = 0  # grain worker processes (0 = in-process threads)
+    # Method.
+    c.mode = "teacher"  # 'baseline' | 'teacher' | 'student'
+    c.init = "scratch"  # 'scratch' | 'teacher' (parameter sharing) | 'imagenet'
+    c.teacher_workdir = ""  # student: the teacher run's workdir
+    c.teacher_checkpoint = "best"  # 'best' (by mean_iou) or 'latest'
+    c.pretrained_path = ""  # init='imagenet': VGG16 weights (.h5 / .pth / .npz)
+    c.vtce_weight = 1.0  # student: 0 gives BL+PS (with init='teacher')
+    c.beta = 0.9
+    c.alpha = 8.3
+    c.depth_aware_layers = "all"  # 'all' (the paper) | 'block_first' (Depth-aware CNN's choice)
+    c.width = 1.0
+    c.dropout_rate = 0.5
+    # Optimisation.
+    c.optimizer = "sgd"  # 'sgd' | 'adam'
+    c.learning_rate = 2.5e-4
+    c.momentum = 0.9
+    c.weight_decay = 4e-4
+    c.lr_power = 0.9
+    c.batch_size = 1
+    c.num_train_steps = 100_000
+    c.seed = 0
+    # Execution (left out of the config fingerprint: they do not change what is computed).
+    c.parallel = "jit"  # 'jit' (NamedSharding over a 'data' mesh) | 'pmap'
+    c.num_devices = 0  # 0 = all devices
+    c.stop_after_steps = 0  # > 0: save and stop at this step (resume later with the same config)
+    c.progress_bar = True
+    c.write_curves = True  # <workdir>/curves.png when the run ends
+    # Logging, evaluation, checkpoints.
+    c.log_every_steps = 100
+    c.eval_every_steps = 0  # 0 = evaluate only at the end
+    c.eval_batch_size = 0  # 0 = one image per device
+    c.checkpoint_every_steps = 2000
+    c.max_checkpoints_to_keep = 3
+    return c

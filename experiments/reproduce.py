@@ -1,0 +1,217 @@
+r"""Reproduce the paper's tables: train the runs a table needs, then put ours beside the paper's.
+
+    python -m experiments.reproduce --config=experiments/configs/nyuv2.py --workdir=/runs/nyu \
+        --table=1
+    python -m experiments.reproduce --config=experiments/configs/synthetic.py:demo \
+        --workdir=results/demo --table=1,3          # what `make demo` runs
+    python -m experiments.reproduce --config=... --workdir=... --table=4 --config.width=0.5
+
+``--table``: ``1`` (BL / TN / SN; with ``--config.pretrained_path=<VGG16 weights>`` also the
+ImageNet-initialised rows), ``3`` (BL, BL+VTCE, BL+PS, BL+PS+VTCE), ``4`` (α and β sweeps), or a
+comma-separated list. The runs (see ``experiments/protocols.py``) are trained one after another in
+``<workdir>/runs/<key>/`` with ``drd_jax.train.train_and_evaluate``, teachers first; rows that are
+the same experiment share one run. A run whose ``final_metrics.json`` matches its config is reused,
+an interrupted one resumes, so rerunning the same command after a crash finishes the job.
+The base config's own ``mode``/``init``/``teacher_workdir`` are replaced per run.
+
+Writes, atomically, into ``<workdir>``:
+
+* ``results.json``: per table, one entry per row (mPA, mIoU, pixel accuracy, per-class IoU, the
+  paper's figures for NYUv2 / SUN RGB-D where the paper has that row, the run's key, wall time);
+* ``results.md``: the same as Markdown tables (printed at the end);
+* ``fig4.png``: Table 1's runs on the first test images (RGB, depth, GT, BL, TN, SN, legend);
+* ``curves.png``: training loss and test mIoU of every run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import time
+
+import ml_collections
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the experiment (runs/, results).")
+_TABLE = flags.DEFINE_string("table", "1", "Paper table(s): 1, 3, 4, or a comma list like 1,3.")
+_FIGURE_IMAGES = flags.DEFINE_integer("figure_images", 4, "Test images shown in fig4.png.")
+config_flags.DEFINE_config_file("config", None, "Base training config file.", lock_config=True)
+flags.mark_flags_as_required(["config", "workdir"])
+
+RESULTS_JSON = "results.json"
+RESULTS_MD = "results.md"
+FIGURE = "fig4.png"
+CURVES = "curves.png"
+METRICS = (("mean_pixel_accuracy", "mPA"), ("mean_iou", "mIoU"), ("pixel_accuracy", "PA"))
+
+
+def parse_tables(value: str) -> list[str]:
+    """``'1,3'`` -> ``['1', '3']``; raises ``ValueError`` naming ``--table`` otherwise."""
+    from experiments.protocols import TABLES
+
+    tables = [t.strip() for t in str(value).split(",") if t.strip()]
+    bad = [t for t in tables if t not in TABLES]
+    if not tables or bad:
+        raise ValueError(f"--table: expected one or more of {', '.join(TABLES)}, got {value!r}")
+    return list(dict.fromkeys(tables))
+
+
+def run_config(base: ml_collections.ConfigDict, run, runs_dir: pathlib.Path):
+    """The base config with ``run``'s overrides (and its teacher's workdir)."""
+    config = ml_collections.ConfigDict(base.to_dict())
+    for field, value in run.overrides.items():
+        config[field] = value
+    config.teacher_workdir = str(runs_dir / run.teacher) if run.teacher else ""
+    return config
+
+
+def train_or_reuse(config, workdir: pathlib.Path) -> tuple[dict, float, bool]:
+    """``(final_metrics, seconds, reused)``; reuses a finished run with the same config."""
+    from drd_jax import train
+
+    final = workdir / train.FINAL_METRICS_NAME
+    if final.is_file():
+        done = json.loads(final.read_text())
+        if done.get("config_fingerprint") == train.fingerprint(config):
+            logging.info("reusing %s", workdir)
+            return done, 0.0, True
+    start = time.perf_counter()
+    result = train.train_and_evaluate(config, workdir)
+    if "stopped_at_step" in result:
+        raise RuntimeError(
+            f"{workdir} stopped at step {result['stopped_at_step']} (config.stop_after_steps); "
+            "rerun without it to finish the tables"
+        )
+    return result, time.perf_counter() - start, False
+
+
+def _percent(x) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else 100.0 * x
+
+
+def summarize(rows, results: dict, timing: dict) -> dict:
+    """The ``results.json`` body for ``rows`` given each run's final metrics and timing."""
+    from experiments.paper_results import paper_figures
+
+    tables: dict[str, list] = {}
+    for row in rows:
+        m = results[row.run.key]
+        tables.setdefault(row.table, []).append(
+            {
+                "row": row.label,
+                "group": row.group,
+                "input": row.run.input,
+                "run": row.run.key,
+                "mode": row.run.overrides["mode"],
+                "init": row.run.overrides["init"],
+                "ours": {k: _percent(m.get(k)) for k, _ in METRICS},
+                "per_class_iou": {k: _percent(v) for k, v in m["per_class_iou"].items()},
+                "paper": paper_figures(row.table, row.label),
+                "params_fingerprint": m["params_fingerprint"],
+                "train_seconds": timing[row.run.key]["seconds"],
+                "reused": timing[row.run.key]["reused"],
+            }
+        )
+    return {"tables": tables, "runs": timing}
+
+
+def _cell(x: float | None) -> str:
+    return "–" if x is None else f"{x:.1f}"
+
+
+def markdown(summary: dict, *, dataset: str, steps: int, width: float) -> str:
+    """``results.md``: one Markdown table per paper table, ours beside the paper's."""
+    out = [
+        f"# drd-jax results: {dataset}",
+        "",
+        f"Ours: single-scale, full-resolution test split of `{dataset}`; {steps} training steps "
+        f"per run, width {width:g}. Paper: the published figures (%), NYUv2 and SUN RGB-D, "
+        "full-width DeepLab-VGG16; they are only comparable to ours on those datasets.",
+    ]
+    for table, entries in summary["tables"].items():
+        paper_sets = sorted({d for e in entries for d in e["paper"]})
+        head = ["row", "input", "mPA", "mIoU", "PA"]
+        for d in paper_sets:
+            head += [f"paper mPA ({d})", f"paper mIoU ({d})"]
+        out += [
+            "",
+            f"## Table {table}",
+            "",
+            "| " + " | ".join(head) + " |",
+            "|" + "---|" * len(head),
+        ]
+        for e in entries:
+            cells = [e["row"], e["input"]] + [_cell(e["ours"][k]) for k, _ in METRICS]
+            for d in paper_sets:
+                p = e["paper"].get(d, {})
+                cells += [_cell(p.get("mean_pixel_accuracy")), _cell(p.get("mean_iou"))]
+            out.append("| " + " | ".join(cells) + " |")
+    out += ["", "Run times (s; 0 = reused from an earlier invocation):", ""]
+    out += [f"- `{k}`: {v['seconds']:.0f}" for k, v in summary["runs"].items()]
+    return "\n".join(out) + "\n"
+
+
+def reproduce(
+    config: ml_collections.ConfigDict, workdir, tables: list[str], *, figure_images: int = 4
+) -> dict:
+    """Trains (or reuses) every run of ``tables`` and writes the results; returns the summary."""
+    from drd_jax import input_pipeline, train
+    from drd_jax.files import atomic_write_text
+    from experiments import figures, protocols
+
+    workdir = pathlib.Path(workdir).expanduser().absolute()
+    runs_dir = workdir / "runs"
+    rows = [
+        row
+        for t in tables
+        for row in protocols.table_rows(
+            t,
+            alpha=float(config.alpha),
+            beta=float(config.beta),
+            vtce_weight=float(config.vtce_weight),
+            imagenet=bool(config.pretrained_path),
+        )
+    ]
+    results, timing = {}, {}
+    for run in protocols.runs_in_order(rows):
+        logging.info("run %s: %s", run.key, dict(run.overrides))
+        cfg = run_config(config, run, runs_dir)
+        results[run.key], seconds, reused = train_or_reuse(cfg, runs_dir / run.key)
+        timing[run.key] = {"seconds": round(seconds, 1), "reused": reused}
+
+    summary = summarize(rows, results, timing)
+    summary.update(dataset=config.dataset, config=config.to_dict(), tables_requested=tables)
+    workdir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(workdir / RESULTS_JSON, json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    md = markdown(summary, dataset=config.dataset, steps=config.num_train_steps, width=config.width)
+    atomic_write_text(workdir / RESULTS_MD, md)
+
+    figures.curves_figure(
+        workdir / CURVES, {r.key: runs_dir / r.key for r in protocols.runs_in_order(rows)}
+    )
+    if "1" in tables and figure_images > 0:
+        columns = {"BL": "bl", "TN": "tn", "SN": "sn"}
+        loaded = {name: train.load_run(runs_dir / key) for name, key in columns.items()}
+        source = input_pipeline.load_data_source(
+            config.dataset, "test", data_dir=train.resolve_data_dir(config)
+        )
+        figures.qualitative_figure(workdir / FIGURE, loaded, source, num_images=figure_images)
+    print(md)
+    return summary
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        tables = parse_tables(_TABLE.value)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
+    reproduce(FLAGS.config, _WORKDIR.value, tables, figure_images=_FIGURE_IMAGES.value)
+
+
+if __name__ == "__main__":
+    app.run(main)
