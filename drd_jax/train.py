@@ -841,6 +841,7 @@ def _train(config, workdir: pathlib.Path, ckpt: Checkpointer) -> dict:
             "num_pixels": m["num_pixels"],
             "confusion_matrix": cm.tolist(),
         }
+        ckpt.wait()  # final_metrics.json only once the final checkpoint is on disk
         if is_main:
             atomic_write_text(
                 workdir / FINAL_METRICS_NAME, json.dumps(result, indent=2, allow_nan=False) + "\n"

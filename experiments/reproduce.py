@@ -175,30 +175,39 @@ def reproduce(
             imagenet=bool(config.pretrained_path),
         )
     ]
+    started = time.perf_counter()
+    data_dir = train.resolve_data_dir(config)
+    # Build the dataset first (synthetic_rgbd is generated here; real datasets must be built).
+    input_pipeline.load_data_source(config.dataset, "train", data_dir=data_dir, prepare=True)
+    data_seconds = time.perf_counter() - started
     results, timing = {}, {}
-    for run in protocols.runs_in_order(rows):
-        logging.info("run %s: %s", run.key, dict(run.overrides))
+    order = protocols.runs_in_order(rows)
+    for i, run in enumerate(order, 1):
+        print(f"[{i}/{len(order)}] {run.key}: {dict(run.overrides)}", flush=True)
         cfg = run_config(config, run, runs_dir)
         results[run.key], seconds, reused = train_or_reuse(cfg, runs_dir / run.key)
         timing[run.key] = {"seconds": round(seconds, 1), "reused": reused}
 
     summary = summarize(rows, results, timing)
     summary.update(dataset=config.dataset, config=config.to_dict(), tables_requested=tables)
+    figures_started = time.perf_counter()
     workdir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(workdir / RESULTS_JSON, json.dumps(summary, indent=2, allow_nan=False) + "\n")
     md = markdown(summary, dataset=config.dataset, steps=config.num_train_steps, width=config.width)
     atomic_write_text(workdir / RESULTS_MD, md)
 
-    figures.curves_figure(
-        workdir / CURVES, {r.key: runs_dir / r.key for r in protocols.runs_in_order(rows)}
-    )
+    figures.curves_figure(workdir / CURVES, {r.key: runs_dir / r.key for r in order})
     if "1" in tables and figure_images > 0:
         columns = {"BL": "bl", "TN": "tn", "SN": "sn"}
         loaded = {name: train.load_run(runs_dir / key) for name, key in columns.items()}
-        source = input_pipeline.load_data_source(
-            config.dataset, "test", data_dir=train.resolve_data_dir(config)
-        )
+        source = input_pipeline.load_data_source(config.dataset, "test", data_dir=data_dir)
         figures.qualitative_figure(workdir / FIGURE, loaded, source, num_images=figure_images)
+    summary["seconds"] = {
+        "data": round(data_seconds, 1),
+        "runs": round(sum(t["seconds"] for t in timing.values()), 1),
+        "figures": round(time.perf_counter() - figures_started, 1),
+        "total": round(time.perf_counter() - started, 1),
+    }
+    atomic_write_text(workdir / RESULTS_JSON, json.dumps(summary, indent=2, allow_nan=False) + "\n")
     print(md)
     return summary
 

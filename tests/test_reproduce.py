@@ -1,0 +1,166 @@
+"""Tests of experiments.reproduce / protocols / paper_results (tiny synthetic runs, CPU)."""
+
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from drd_jax import input_pipeline, train
+from experiments import paper_results, protocols, reproduce
+from experiments.configs import synthetic
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fast_compile():
+    old = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", old)
+
+
+# -- protocols -----------------------------------------------------------------------------------
+
+
+def rows(table, **kw):
+    kw = {"alpha": 8.3, "beta": 0.9, **kw}
+    return protocols.table_rows(table, **kw)
+
+
+def test_table_rows_name_the_paper_rows_and_share_runs():
+    t1, t3, t4 = rows("1"), rows("3"), rows("4")
+    assert [r.label for r in t1] == ["BL", "TN", "SN"]
+    assert [r.label for r in t3] == ["BL", "BL+VTCE", "BL+PS", "BL+PS+VTCE"]
+    assert [r.run.key for r in t3] == ["bl", "bl_vtce", "bl_ps", "sn"]
+    by_label = {r.label: r.run for r in t4}
+    assert by_label["TN α=8.3"] is t1[1].run or by_label["TN α=8.3"].key == "tn"
+    assert by_label["SN β=0.9"].key == "sn"
+    assert by_label["TN α=0.1"].overrides["alpha"] == 0.1
+    assert by_label["SN β=0.3"].overrides["beta"] == 0.3
+    assert by_label["SN β=0.3"].teacher == "tn"
+    # With another base α, 8.3 becomes a run of its own and the base α is not in the table.
+    keys = [r.run.key for r in rows("4", alpha=5.0) if r.label.startswith("TN")]
+    assert "tn_alpha8.3" in keys and "tn" not in keys
+
+
+def test_the_ablation_rows_are_the_paper_settings():
+    runs = {r.label: r.run.overrides for r in rows("3")}
+    assert runs["BL"] == {"mode": "baseline", "init": "scratch"}
+    assert runs["BL+VTCE"] == {"mode": "student", "init": "scratch", "vtce_weight": 1.0}
+    assert runs["BL+PS"] == {"mode": "student", "init": "teacher", "vtce_weight": 0.0}
+    assert runs["BL+PS+VTCE"] == {"mode": "student", "init": "teacher", "vtce_weight": 1.0}
+    imagenet = {r.label: r.run for r in rows("1", imagenet=True)}
+    assert imagenet["SN (ImageNet)"].teacher == "tn_imagenet"
+    assert imagenet["TN (ImageNet)"].overrides == {"mode": "teacher", "init": "imagenet"}
+
+
+def test_runs_in_order_puts_teachers_first_and_dedups():
+    order = protocols.runs_in_order(rows("3") + rows("1") + rows("4"))
+    keys = [r.key for r in order]
+    assert len(keys) == len(set(keys))
+    for i, run in enumerate(order):
+        if run.teacher:
+            assert keys.index(run.teacher) < i
+    assert set(keys) >= {"bl", "tn", "sn", "bl_vtce", "bl_ps", "tn_alpha0.1", "sn_beta1"}
+
+
+def test_unknown_table_is_refused():
+    with pytest.raises(ValueError, match="unknown table"):
+        protocols.table_rows("2", alpha=8.3, beta=0.9)
+    with pytest.raises(ValueError, match="--table"):
+        reproduce.parse_tables("1,2")
+    assert reproduce.parse_tables(" 3,1,3 ") == ["3", "1"]
+
+
+def test_paper_figures_are_consistent_across_tables():
+    p = paper_results.PAPER
+    # The same experiment reported in two tables has the same numbers.
+    assert p["1"]["SN"] == p["3"]["BL+PS+VTCE"]
+    assert p["1"]["BL"] == p["3"]["BL"]
+    assert p["1"]["TN"]["NYUv2"] == p["4"]["TN α=8.3"]["NYUv2"]
+    assert p["1"]["SN"]["NYUv2"] == p["4"]["SN β=0.9"]["NYUv2"]
+    labels = {r.label for t in protocols.TABLES for r in rows(t, imagenet=True)}
+    for table, entries in p.items():
+        assert set(entries) <= labels, table
+    assert paper_results.paper_figures("3", "BL+VTCE") == {
+        "NYUv2": {"mean_pixel_accuracy": 24.1, "mean_iou": 17.9},
+        "SUN RGB-D": {"mean_pixel_accuracy": 32.8, "mean_iou": 23.5},
+    }
+    assert paper_results.paper_figures("4", "BL") == {}
+
+
+# -- end to end ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    input_pipeline.load_data_source("synthetic_rgbd/tiny", "train", data_dir=str(d), prepare=True)
+    return str(d)
+
+
+def tiny(data_dir):
+    c = synthetic.get_config("tiny")
+    c.data_dir = data_dir
+    return c
+
+
+@pytest.fixture(scope="module")
+def table1(data_dir, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("reproduce")
+    summary = reproduce.reproduce(tiny(data_dir), workdir, ["1"], figure_images=2)
+    return workdir, summary
+
+
+def test_table1_writes_results_beside_the_paper(table1, capsys):
+    workdir, summary = table1
+    body = json.loads((workdir / "results.json").read_text())
+    assert body["tables"] == json.loads(json.dumps(summary["tables"]))
+    entries = body["tables"]["1"]
+    assert [e["row"] for e in entries] == ["BL", "TN", "SN"]
+    for e in entries:
+        final = json.loads((workdir / "runs" / e["run"] / "final_metrics.json").read_text())
+        assert e["ours"]["mean_iou"] == pytest.approx(100 * final["mean_iou"])
+        assert e["ours"]["mean_pixel_accuracy"] == pytest.approx(100 * final["mean_pixel_accuracy"])
+        assert e["params_fingerprint"] == final["params_fingerprint"]
+        assert e["paper"] == paper_results.paper_figures("1", e["row"])
+        assert not e["reused"]
+    # The student ran with parameter sharing from this teacher, VTCE on.
+    sn_config = json.loads((workdir / "runs" / "sn" / "config.json").read_text())["config"]
+    assert sn_config["mode"] == "student" and sn_config["init"] == "teacher"
+    assert pathlib.Path(sn_config["teacher_workdir"]) == workdir / "runs" / "tn"
+    md = (workdir / "results.md").read_text()
+    assert "| SN | RGB |" in md and "| TN | RGB-D |" in md
+    assert "48.2" in md and "38.1" in md  # the paper's NYUv2 TN mPA and SN mIoU
+    for name in ("fig4.png", "curves.png"):
+        with Image.open(workdir / name) as im:
+            assert im.format == "PNG" and im.size[0] > 400 and im.size[1] > 200
+
+
+def test_a_second_invocation_reuses_finished_runs_and_adds_table3(table1, data_dir):
+    workdir, first = table1
+    summary = reproduce.reproduce(tiny(data_dir), workdir, ["1", "3"], figure_images=0)
+    runs = summary["runs"]
+    assert runs["bl"]["reused"] and runs["tn"]["reused"] and runs["sn"]["reused"]
+    assert not runs["bl_vtce"]["reused"] and not runs["bl_ps"]["reused"]
+    t3 = {e["row"]: e for e in summary["tables"]["3"]}
+    assert t3["BL+PS+VTCE"]["params_fingerprint"] == first["tables"]["1"][2]["params_fingerprint"]
+    # BL+PS starts from the teacher and never sees VTCE; BL+VTCE starts from scratch.
+    bl_ps = train.read_run_config(workdir / "runs" / "bl_ps")[0]
+    assert bl_ps.init == "teacher" and bl_ps.vtce_weight == 0.0
+    history = [
+        json.loads(line)
+        for line in (workdir / "runs" / "bl_vtce" / "metrics.jsonl").read_text().splitlines()
+    ]
+    vtce = [h["scalars"]["vtce_loss"] for h in history if h["split"] == "train"]
+    assert vtce and all(np.isfinite(vtce)) and max(vtce) > 0
+
+
+def test_a_changed_config_is_not_silently_reused(table1, data_dir):
+    workdir, _ = table1
+    config = tiny(data_dir)
+    config.learning_rate = 5e-4  # every run's config differs from the stored ones
+    with pytest.raises(ValueError, match="config"):
+        reproduce.reproduce(config, workdir, ["1"], figure_images=0)
