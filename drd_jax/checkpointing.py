@@ -148,6 +148,9 @@ class Checkpointer:
       best_metric: key of the ``metrics`` dict that ranks checkpoints for :meth:`best_step`.
       best_mode: ``"max"`` (higher is better, e.g. mIoU) or ``"min"`` (e.g. a loss).
       async_save: write in a background thread (default); ``False`` makes ``save`` blocking.
+      read_only: for readers of another process's run (e.g. a student reading its teacher while
+        the teacher may still be training): never writes ``config.json`` and never deletes the
+        unfinished ``*.orbax-checkpoint-tmp-*`` directories; ``save`` raises.
     """
 
     def __init__(
@@ -161,6 +164,7 @@ class Checkpointer:
         best_metric: str = "mean_iou",
         best_mode: str = "max",
         async_save: bool = True,
+        read_only: bool = False,
     ):
         if not config_fingerprint or not isinstance(config_fingerprint, str):
             raise ValueError("config_fingerprint must be a non-empty string")
@@ -174,6 +178,7 @@ class Checkpointer:
         self.config_fingerprint = config_fingerprint
         self.best_metric = best_metric
         self.checkpoint_dir = self.workdir / _CHECKPOINT_DIR
+        self.read_only = read_only
         self._check_or_write_config(config)
 
         def metric_fn(metrics: Mapping[str, Any]) -> float:
@@ -202,7 +207,8 @@ class Checkpointer:
                     cm.PreemptionCheckpointingPolicy(),
                 ]
             ),
-            cleanup_tmp_directories=True,
+            cleanup_tmp_directories=not read_only,
+            read_only=read_only,
             enable_async_checkpointing=async_save,
         )
         self._manager = ocp.CheckpointManager(
@@ -231,7 +237,7 @@ class Checkpointer:
                 f"workdir {self.workdir} holds checkpoints but no {_CONFIG_FILE}, so its config is "
                 "unknown. Use a new workdir."
             )
-        if jax.process_index() != 0:
+        if jax.process_index() != 0 or self.read_only:
             return
         self.workdir.mkdir(parents=True, exist_ok=True)
         body = {
@@ -278,6 +284,8 @@ class Checkpointer:
         Returns:
           Whether a checkpoint was written (``False`` off-interval or when ``step`` already exists).
         """
+        if self.read_only:
+            raise RuntimeError(f"Checkpointer of {self.workdir} is read-only")
         step = int(step)
         if step < 0:
             raise ValueError(f"step must be non-negative, got {step}")

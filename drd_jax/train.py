@@ -536,7 +536,7 @@ def load_run(workdir: str | os.PathLike, *, checkpoint: str = "best") -> RunChec
         raise ValueError(f"checkpoint must be one of {TEACHER_CHECKPOINTS}, got {checkpoint!r}")
     workdir = pathlib.Path(workdir).expanduser().absolute()
     config, config_fp = read_run_config(workdir)
-    ckpt = Checkpointer(workdir, config_fingerprint=config_fp, async_save=False)
+    ckpt = Checkpointer(workdir, config_fingerprint=config_fp, async_save=False, read_only=True)
     try:
         step = ckpt.best_step() if checkpoint == "best" else None
         step = step if step is not None else ckpt.latest_step()

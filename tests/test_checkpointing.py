@@ -189,3 +189,30 @@ def test_bad_extra_is_rejected_before_writing(tmp_path):
         c.save(1, make_state(), extra={"x": float("inf")})
     assert c.latest_step() is None
     c.close()
+
+
+def test_read_only_reader_leaves_a_writer_alone(tmp_path):
+    """A reader (e.g. a student loading its teacher) never deletes a save in progress or writes."""
+    state = trained_state()
+    c = ckpt(tmp_path, save_interval_steps=1)
+    c.save(1, state, extra={"class_names": ["a", "b"]})
+    c.close()
+    in_progress = tmp_path / "work" / "checkpoints" / "2.orbax-checkpoint-tmp-7654321"
+    (in_progress / "state").mkdir(parents=True)
+    config_json = (tmp_path / "work" / "config.json").read_bytes()
+    reader = ckpt(tmp_path, read_only=True)
+    assert reader.read_extra() == {"class_names": ["a", "b"]}
+    restored, _ = reader.restore(target=make_state(1))
+    assert_trees_equal(restored.params, state.params)
+    assert int(restored.step) == int(state.step)
+    with pytest.raises(RuntimeError, match="read-only"):
+        reader.save(3, state, force=True)
+    reader.close()
+    assert in_progress.exists()
+    assert (tmp_path / "work" / "config.json").read_bytes() == config_json
+    # A read-only reader of a missing run writes nothing either.
+    with pytest.raises(FileNotFoundError):
+        Checkpointer(tmp_path / "nothing", config_fingerprint=FP, read_only=True).restore(
+            target=state
+        )
+    assert not (tmp_path / "nothing" / "config.json").exists()

@@ -1,0 +1,270 @@
+"""Tests of the ``experiments.segment`` command on tiny synthetic_rgbd runs.
+
+The command runs in a subprocess (absl parses flags once per process). Its predictions are checked
+against the run's model applied here, in-process, to the image normalised by the evaluation
+pipeline (``transforms.eval_transform``). XLA optimisations are disabled here and in the
+subprocesses (``JAX_DISABLE_MOST_OPTIMIZATIONS=1``), as in ``test_train.py``, for fast compiles.
+"""
+
+import functools
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from drd_jax import input_pipeline, train, visualize
+from drd_jax.data import transforms
+from experiments.configs import synthetic
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+NUM_CLASSES = 6
+SIZES = {"first": (40, 56), "second": (33, 47)}  # (H, W): two distinct shapes, not /8
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fast_compile():
+    old = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", old)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    input_pipeline.load_data_source("synthetic_rgbd/tiny", "train", data_dir=str(d), prepare=True)
+    return str(d)
+
+
+def tiny(data_dir, **overrides):
+    c = synthetic.get_config("tiny")
+    c.data_dir = data_dir
+    for k, v in overrides.items():
+        c[k] = v
+    return c
+
+
+@pytest.fixture(scope="module")
+def baseline_run(data_dir, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("baseline")
+    train.train_and_evaluate(tiny(data_dir, mode="baseline"), workdir)
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def teacher_run(data_dir, tmp_path_factory):
+    # One step, no evaluation (stop_after_steps): a valid run directory, cheaply.
+    workdir = tmp_path_factory.mktemp("teacher")
+    result = train.train_and_evaluate(tiny(data_dir, mode="teacher", stop_after_steps=1), workdir)
+    assert result["stopped_at_step"] == 1
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """Two RGB images of different sizes (PNG and JPEG) with random blocks of colour."""
+    d = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    paths = []
+    for (stem, (h, w)), ext in zip(SIZES.items(), ("png", "jpg"), strict=True):
+        blocks = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
+        pixels = np.repeat(np.repeat(blocks, 8, 0), 8, 1)[:h, :w]
+        path = d / f"{stem}.{ext}"
+        Image.fromarray(pixels).save(path)
+        paths.append(path)
+    return paths
+
+
+def run_segment(*args) -> subprocess.CompletedProcess:
+    env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="1", JAX_PLATFORMS="cpu")
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.segment", *map(str, args)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+@functools.lru_cache
+def _restored(workdir: pathlib.Path):
+    """The run and its jitted model, restored once per workdir."""
+    run = train.load_run(workdir)
+    model = run.make_model()
+
+    @jax.jit
+    def apply(params, image, depth):
+        return model.apply({"params": params}, image, depth, train=False)
+
+    return run, model, apply
+
+
+def reference_logits(workdir, image_path, depth=None) -> np.ndarray:
+    """The run's model in-process on the image normalised by the evaluation pipeline."""
+    run, model, apply = _restored(workdir)
+    rgb = np.asarray(Image.open(image_path).convert("RGB"))
+    h, w = rgb.shape[:2]
+    example = {
+        "image": rgb,
+        "depth": np.zeros((h, w), np.float32) if depth is None else depth,
+        "label": np.zeros((h, w), np.uint8),
+    }
+    ex = transforms.eval_transform(example, num_classes=len(run.class_names))
+    depth = jnp.asarray(ex["depth"])[None] if model.depth_aware else None
+    return np.asarray(apply(run.params, jnp.asarray(ex["image"])[None], depth))[0]
+
+
+def read_png(path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im)
+
+
+def assert_matches_reference(labels, logits):
+    """``labels`` is the argmax of ``logits``, except where the two best are within float noise."""
+    top2 = np.sort(logits, axis=-1)[..., -2:]
+    clear = top2[..., 1] - top2[..., 0] > 1e-3 * np.abs(logits).max()
+    assert clear.mean() > 0.95
+    np.testing.assert_array_equal(labels[clear], logits.argmax(-1)[clear])
+
+
+def assert_failed_naming(proc, *names):
+    assert proc.returncode != 0, proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    for name in names:
+        assert str(name) in proc.stderr, proc.stderr[-3000:]
+
+
+def test_segments_images_at_full_resolution(baseline_run, images, tmp_path):
+    out = tmp_path / "new" / "out"  # created, with its parent
+    proc = run_segment(f"--checkpoint={baseline_run}", f"--output_dir={out}", *images)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    expected_files = {f"{s}_{kind}.png" for s in SIZES for kind in ("labels", "color")}
+    assert set(os.listdir(out)) == expected_files | {"legend.json"}  # no temporary files left
+    for name in expected_files | {"legend.json"}:
+        assert str(out / name) in proc.stdout
+
+    run = train.load_run(baseline_run)
+    palette = visualize.class_palette(NUM_CLASSES)
+    legend = json.loads((out / "legend.json").read_text())
+    assert legend["step"] == run.step and legend["mode"] == "baseline"
+    assert [c["id"] for c in legend["classes"]] == list(range(NUM_CLASSES))
+    assert [c["name"] for c in legend["classes"]] == run.class_names
+    assert [c["color"] for c in legend["classes"]] == palette.tolist()
+
+    for image in images:
+        stem = image.stem
+        labels = read_png(out / f"{stem}_labels.png")
+        assert labels.dtype == np.uint8 and labels.shape == SIZES[stem]
+        assert labels.max() < NUM_CLASSES
+        color = read_png(out / f"{stem}_color.png")
+        np.testing.assert_array_equal(color, visualize.colorize_labels(labels, palette))
+        assert_matches_reference(labels, reference_logits(baseline_run, image))
+
+
+def test_unreadable_image_fails_and_writes_nothing(baseline_run, images, tmp_path):
+    bad = tmp_path / "x.png"
+    bad.write_text("not an image")
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = run_segment(f"--checkpoint={baseline_run}", f"--output_dir={out}", images[0], bad)
+    assert_failed_naming(proc, bad)
+    assert "expected" in proc.stderr
+    assert os.listdir(out) == []
+
+
+def test_missing_image_fails_and_writes_nothing(baseline_run, images, tmp_path):
+    missing = tmp_path / "missing.png"
+    out = tmp_path / "out"
+    proc = run_segment(f"--checkpoint={baseline_run}", f"--output_dir={out}", missing, images[1])
+    assert_failed_naming(proc, missing, "no such file")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("kind", ["empty", "absent"])
+def test_not_a_run_checkpoint_fails(kind, images, tmp_path):
+    checkpoint = tmp_path / "not_a_run"
+    if kind == "empty":
+        checkpoint.mkdir()
+    out = tmp_path / "out"
+    proc = run_segment(f"--checkpoint={checkpoint}", f"--output_dir={out}", images[0])
+    assert_failed_naming(proc, checkpoint, "not a training run")
+    assert not out.exists()
+
+
+def test_duplicate_stems_fail(baseline_run, images, tmp_path):
+    other = tmp_path / "other" / f"{images[0].stem}.jpg"
+    other.parent.mkdir()
+    Image.open(images[0]).save(other)
+    out = tmp_path / "out"
+    proc = run_segment(f"--checkpoint={baseline_run}", f"--output_dir={out}", images[0], other)
+    assert_failed_naming(proc, images[0], other, "same stem")
+    assert not out.exists()
+
+
+def test_depth_refused_for_rgb_run(baseline_run, images, tmp_path):
+    depth = tmp_path / "d.npy"
+    np.save(depth, np.ones(SIZES["first"], np.float32))
+    out = tmp_path / "out"
+    proc = run_segment(
+        f"--checkpoint={baseline_run}", f"--output_dir={out}", f"--depth={depth}", images[0]
+    )
+    assert_failed_naming(proc, baseline_run, "--depth")
+    assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def depth_files(images, tmp_path_factory):
+    """Depth of the first image as a 16-bit PNG (mm), of the second as .npy (metres)."""
+    d = tmp_path_factory.mktemp("depth")
+    rng = np.random.default_rng(1)
+    (h0, w0), (h1, w1) = SIZES.values()
+    mm = rng.integers(500, 6000, (h0, w0), dtype=np.uint16)
+    mm[:4, :4] = 0  # no reading
+    png = d / "first_depth.png"
+    Image.fromarray(mm).save(png)
+    npy = d / "second_depth.npy"
+    np.save(npy, rng.uniform(0.5, 6.0, (h1, w1)).astype(np.float32))
+    return png, npy, mm.astype(np.float32) / 1000.0, np.load(npy)
+
+
+def test_teacher_needs_depth(teacher_run, images, tmp_path):
+    out = tmp_path / "out"
+    proc = run_segment(f"--checkpoint={teacher_run}", f"--output_dir={out}", *images)
+    assert_failed_naming(proc, teacher_run, "--depth")
+    assert not out.exists()
+
+
+def test_teacher_depth_size_mismatch_fails(teacher_run, images, depth_files, tmp_path):
+    png, npy, *_ = depth_files
+    out = tmp_path / "out"
+    proc = run_segment(
+        f"--checkpoint={teacher_run}", f"--output_dir={out}", f"--depth={npy},{png}", *images
+    )
+    assert_failed_naming(proc, npy, png, "differs from image")
+    assert not out.exists()
+
+
+def test_teacher_segments_with_depth(teacher_run, images, depth_files, tmp_path):
+    png, npy, depth0, depth1 = depth_files
+    out = tmp_path / "out"
+    proc = run_segment(
+        f"--checkpoint={teacher_run}", f"--output_dir={out}", f"--depth={png},{npy}", *images
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "legend.json").read_text())["mode"] == "teacher"
+    for image, depth in zip(images, (depth0, depth1), strict=True):
+        labels = read_png(out / f"{image.stem}_labels.png")
+        assert labels.shape == SIZES[image.stem]
+        logits = reference_logits(teacher_run, image, depth)
+        assert_matches_reference(labels, logits)
+        # The check can tell: with a constant depth map the teacher predicts other classes.
+        flat = reference_logits(teacher_run, image, np.full_like(depth, 3.0))
+        assert (flat.argmax(-1) != logits.argmax(-1)).mean() > 0.05
