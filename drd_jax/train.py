@@ -102,6 +102,7 @@ __all__ = [
     "TrainState",
     "create_train_state",
     "eval_step",
+    "evaluate_run",
     "RunCheckpoint",
     "load_run",
     "load_teacher",
@@ -623,6 +624,30 @@ def evaluate(eval_fn, params, eval_ds, par: DataParallel, num_classes: int) -> n
     for batch in eval_ds:
         cm += par.host(eval_fn(params, par.shard_batch(batch))).astype(np.int64)
     return cm
+
+
+def evaluate_run(
+    run: RunCheckpoint, *, depth_aware: bool | None = None, data_dir: str | None = None
+) -> dict:
+    """``metrics.compute_metrics`` plus ``"confusion_matrix"`` of a run on its test split.
+
+    One device, full resolution, batch 1. ``depth_aware=False`` applies a teacher's params with
+    plain convs and no depth: where a parameter-sharing student starts.
+    """
+    num_classes = len(run.class_names)
+    model = run.make_model(depth_aware=depth_aware)
+    source = input_pipeline.load_data_source(
+        run.config.dataset, "test", data_dir=data_dir or resolve_data_dir(run.config)
+    )
+    par = DataParallel("jit", 1)
+    eval_fn = par.compile(
+        functools.partial(
+            eval_step, model=model, num_classes=num_classes, use_depth=model.depth_aware
+        )
+    )
+    eval_ds = input_pipeline.create_eval_dataset(source, num_classes=num_classes)
+    cm = evaluate(eval_fn, par.put_state(run.params), eval_ds, par, num_classes)
+    return {**metrics.compute_metrics(cm), "confusion_matrix": cm.tolist()}
 
 
 def _summary(cm: np.ndarray) -> dict[str, float]:

@@ -3,6 +3,9 @@
 Two host CPU devices are forced before JAX is imported anywhere, so multi-device tests (pmap, psum,
 NamedSharding) run on a CPU-only machine. Real dataset fixtures are read from ``../shared/data``
 (override with ``DRD_SHARED_DATA``); tests that need them skip when the folder is absent.
+
+Training tests share ``data_dir`` (``synthetic_rgbd/tiny``, built once per session, read only) and
+opt in to ``fast_compile`` with ``pytestmark = pytest.mark.usefixtures("fast_compile")``.
 """
 
 import os
@@ -17,6 +20,31 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def _shared_data_dir() -> pathlib.Path:
     return pathlib.Path(os.environ.get("DRD_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="module")
+def fast_compile():
+    """XLA optimisations off for a module (``jax_disable_most_optimizations``).
+
+    Compiling the tiny D-Conv teacher drops from minutes to seconds on a slow CPU. Results (e.g.
+    ``params_fingerprint``) only compare between runs compiled under the same setting.
+    """
+    import jax
+
+    old = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", old)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> str:
+    """A TFDS data dir with `synthetic_rgbd/tiny`, built once per session; do not write to it."""
+    from drd_jax import input_pipeline
+
+    d = tmp_path_factory.mktemp("synthetic_tiny")
+    input_pipeline.load_data_source("synthetic_rgbd/tiny", "train", data_dir=str(d), prepare=True)
+    return str(d)
 
 
 @pytest.fixture(scope="session")

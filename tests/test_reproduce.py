@@ -3,22 +3,15 @@
 import json
 import pathlib
 
-import jax
 import numpy as np
 import pytest
 from PIL import Image
 
-from drd_jax import input_pipeline, train
+from drd_jax import train
 from experiments import paper_results, protocols, reproduce
 from experiments.configs import synthetic
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compile():
-    old = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 # -- protocols -----------------------------------------------------------------------------------
@@ -94,13 +87,6 @@ def test_paper_figures_are_consistent_across_tables():
 # -- end to end ----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
-    input_pipeline.load_data_source("synthetic_rgbd/tiny", "train", data_dir=str(d), prepare=True)
-    return str(d)
-
-
 def tiny(data_dir):
     c = synthetic.get_config("tiny")
     c.data_dir = data_dir
@@ -131,6 +117,13 @@ def test_table1_writes_results_beside_the_paper(table1, capsys):
     sn_config = json.loads((workdir / "runs" / "sn" / "config.json").read_text())["config"]
     assert sn_config["mode"] == "student" and sn_config["init"] == "teacher"
     assert pathlib.Path(sn_config["teacher_workdir"]) == workdir / "runs" / "tn"
+    # Where PS starts: the teacher's params without depth, evaluated independently here.
+    tn = train.load_run(workdir / "runs" / "tn")
+    plain = train.evaluate_run(tn, depth_aware=False)
+    assert body["ps_starting_point"]["mean_iou"] == pytest.approx(100 * plain["mean_iou"])
+    with_depth = train.evaluate_run(tn)
+    tn_final = json.loads((workdir / "runs" / "tn" / "final_metrics.json").read_text())
+    assert with_depth["confusion_matrix"] == tn_final["confusion_matrix"]
     md = (workdir / "results.md").read_text()
     assert "| SN | RGB |" in md and "| TN | RGB-D |" in md
     assert "48.2" in md and "38.1" in md  # the paper's NYUv2 TN mPA and SN mIoU

@@ -25,7 +25,6 @@ import time
 
 import pytest
 
-from drd_jax import input_pipeline
 from drd_jax.metric_writers import read_jsonl
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -34,13 +33,6 @@ NUM_STEPS = 16
 CKPT_EVERY = 2
 TMP_MARK = ".orbax-checkpoint-tmp"
 TIMEOUT_S = 300
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
-    input_pipeline.load_data_source("synthetic_rgbd/tiny", "train", data_dir=str(d), prepare=True)
-    return str(d)
 
 
 def command(workdir, data_dir, mode):

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from drd_jax import input_pipeline, train, visualize
+from drd_jax import train, visualize
 from drd_jax.data import transforms
 from experiments.configs import synthetic
 
@@ -28,19 +28,7 @@ NUM_CLASSES = 6
 SIZES = {"first": (40, 56), "second": (33, 47)}  # (H, W): two distinct shapes, not /8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compile():
-    old = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
-    input_pipeline.load_data_source("synthetic_rgbd/tiny", "train", data_dir=str(d), prepare=True)
-    return str(d)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def tiny(data_dir, **overrides):

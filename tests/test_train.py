@@ -29,19 +29,7 @@ CONFIG_FILE = REPO_ROOT / "experiments" / "configs" / "synthetic.py"
 NUM_CLASSES = 6
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compile():
-    old = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
-    input_pipeline.load_data_source("synthetic_rgbd/tiny", "train", data_dir=str(d), prepare=True)
-    return str(d)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def tiny(data_dir, **overrides):
