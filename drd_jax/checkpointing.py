@@ -51,6 +51,7 @@ Guarantees and decisions:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -63,6 +64,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 
 from drd_jax.files import atomic_write_text
 
@@ -103,6 +105,20 @@ def _drop(tree: dict, dotted: str) -> None:
         if not isinstance(tree, dict):
             return
     tree.pop(leaf, None)
+
+
+@contextlib.contextmanager
+def _absl_verbosity(level: int | None):
+    """Temporarily sets absl's logging verbosity (orbax logs through absl); None = unchanged."""
+    if level is None:
+        yield
+        return
+    old = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(level)
+    try:
+        yield
+    finally:
+        absl_logging.set_verbosity(old)
 
 
 def config_fingerprint(config: Mapping[str, Any], *, ignore: Iterable[str] = ()) -> str:
@@ -184,36 +200,38 @@ class Checkpointer:
         def metric_fn(metrics: Mapping[str, Any]) -> float:
             return float(metrics[best_metric])
 
-        cm = ocp.checkpoint_managers
-        options = ocp.CheckpointManagerOptions(
-            # best_fn makes the manager store metrics with each step and rank them in best_step();
-            # which steps are deleted is decided by preservation_policy alone.
-            best_fn=metric_fn,
-            best_mode=best_mode,
-            preservation_policy=cm.AnyPreservationPolicy(
-                [
-                    cm.LatestN(n=max_to_keep),
-                    cm.BestN(
-                        get_metric_fn=metric_fn,
-                        reverse=best_mode == "min",
-                        n=1,
-                        keep_checkpoints_without_metrics=False,
-                    ),
-                ]
-            ),
-            save_decision_policy=cm.AnySavePolicy(
-                [
-                    cm.FixedIntervalPolicy(save_interval_steps),
-                    cm.PreemptionCheckpointingPolicy(),
-                ]
-            ),
-            cleanup_tmp_directories=not read_only,
-            read_only=read_only,
-            enable_async_checkpointing=async_save,
-        )
-        self._manager = ocp.CheckpointManager(
-            self.checkpoint_dir, item_names=(_STATE, _META), options=options
-        )
+        # orbax warns three times that a read-only manager is read-only; say nothing instead.
+        with _absl_verbosity(absl_logging.ERROR if read_only else None):
+            cm = ocp.checkpoint_managers
+            options = ocp.CheckpointManagerOptions(
+                # best_fn makes the manager store metrics with each step and rank them in
+                # best_step(); which steps are deleted is decided by preservation_policy alone.
+                best_fn=metric_fn,
+                best_mode=best_mode,
+                preservation_policy=cm.AnyPreservationPolicy(
+                    [
+                        cm.LatestN(n=max_to_keep),
+                        cm.BestN(
+                            get_metric_fn=metric_fn,
+                            reverse=best_mode == "min",
+                            n=1,
+                            keep_checkpoints_without_metrics=False,
+                        ),
+                    ]
+                ),
+                save_decision_policy=cm.AnySavePolicy(
+                    [
+                        cm.FixedIntervalPolicy(save_interval_steps),
+                        cm.PreemptionCheckpointingPolicy(),
+                    ]
+                ),
+                cleanup_tmp_directories=not read_only,
+                read_only=read_only,
+                enable_async_checkpointing=async_save,
+            )
+            self._manager = ocp.CheckpointManager(
+                self.checkpoint_dir, item_names=(_STATE, _META), options=options
+            )
 
     # -- config check ---------------------------------------------------------------------------
 
