@@ -17,6 +17,7 @@ from jax.test_util import check_grads
 from drd_jax.ops import (
     IMPLEMENTATIONS,
     depth_aware_conv,
+    depth_conv,
     depth_similarity,
     resolve_padding,
     window_shifts,
@@ -176,7 +177,8 @@ def test_matches_numpy_loop(kernel_size, strides, dilation, padding, hw):
     expected = np_depth_aware_conv(x, depth, kernel, s, d, padding, ALPHA)
     lax_shape = plain_conv(x, kernel, s, padding, d).shape
     assert expected.shape == lax_shape  # the oracle's own padding arithmetic agrees with lax
-    for impl in ("fast", "reference"):  # 'fast' picks row tiles when N = 2, the offsets loop at 1
+    # Cin = 2: 'fast' takes the patch formulation; the shift-and-add paths are forced by name
+    for impl in ("fast", "fast_tiles", "fast_offsets", "reference"):
         got = dconv(impl, strides=s, padding=padding, dilation=d)(x, depth, kernel)
         assert got.shape == lax_shape and got.dtype == jnp.float32, impl
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5, err_msg=impl)
@@ -313,6 +315,7 @@ def test_output_size_and_zero_size_outputs_follow_lax():
     [
         ("fast", ("rev",)),  # custom VJP: reverse mode only (documented)
         ("fast_offsets", ("rev",)),
+        ("fast_patches", ("rev",)),
         ("checkpoint", ("rev", "fwd")),
         ("reference", ("rev", "fwd")),
     ],
@@ -335,14 +338,14 @@ def test_fast_and_reference_vjps_agree():
     options = dict(strides=(2, 1), padding=((-1, 2), (1, 0)), dilation=(1, 2))  # crops a row
     ct = np.random.default_rng(0).normal(size=(2, 4, 4, 4)).astype(np.float32)
 
-    def vjp(impl):  # N = 2: 'fast' runs its row tiles forward, 'fast_offsets' the offsets loop
+    def vjp(impl):  # Cin = 3: 'fast' is 'fast_patches'; the other paths are forced by name
         f = dconv(impl, depth=depth, **options)
         return jax.jit(lambda a, w, g: jax.vjp(lambda a_, w_: f(a_, kernel=w_), a, w)[1](g))(
             x, kernel, ct
         )
 
     expected = vjp("reference")
-    for impl in ("fast", "fast_tiles", "fast_offsets", "checkpoint"):
+    for impl in ("fast", "fast_tiles", "fast_offsets", "fast_patches", "checkpoint"):
         for got, want in zip(vjp(impl), expected, strict=True):
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=impl)
 
@@ -376,7 +379,9 @@ def test_fast_under_vmap_and_second_order_reverse_mode():
     def batched(impl):
         return jax.vmap(lambda a, d: depth_aware_conv(a, d, kernel, implementation=impl))(x, depth)
 
-    np.testing.assert_allclose(batched("fast"), batched("reference"), rtol=1e-5, atol=1e-5)
+    want = batched("reference")
+    for impl in ("fast", "fast_patches"):
+        np.testing.assert_allclose(batched(impl), want, rtol=1e-5, atol=1e-5, err_msg=impl)
 
     def grad_norm(impl):  # d/dx of |dL/dW|^2: reverse mode through the hand-written backward
         def inner(a):
@@ -388,16 +393,17 @@ def test_fast_under_vmap_and_second_order_reverse_mode():
         return jax.jit(jax.grad(inner))(x[0])
 
     want = grad_norm("reference")
-    np.testing.assert_allclose(
-        grad_norm("fast"), want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max())
-    )
+    for impl in ("fast", "fast_patches"):
+        np.testing.assert_allclose(
+            grad_norm(impl), want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()), err_msg=impl
+        )
 
 
 def test_bfloat16_close_to_float32():
     x, depth, kernel = make_inputs(14, 2, 10, 9, 8, 6, (3, 3))
     expected = depth_aware_conv(x, depth, kernel, alpha=1.0)
     scale = float(np.abs(np.asarray(expected)).max())
-    for impl in ("fast", "fast_offsets", "reference"):
+    for impl in ("fast", "fast_offsets", "fast_patches", "reference"):
         y = dconv(impl, alpha=1.0)(
             jnp.asarray(x, jnp.bfloat16), depth, jnp.asarray(kernel, jnp.bfloat16)
         )
@@ -454,3 +460,103 @@ def test_clear_errors_for_bad_options(kwargs, match):
 def test_similarity_rejects_even_kernels():
     with pytest.raises(ValueError, match="kernel_size must be odd"):
         depth_similarity(np.ones((1, 4, 4), np.float32), 2)
+
+
+# ------------------------------------------------------------------------------------------------
+# 'fast_patches': whole-batch and row-tiled patch matrices, against the reference
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["whole", "tiled"])
+def patch_tiling(request, monkeypatch):
+    """Runs a test with the whole-batch patch matrix, then with tiny row tiles (several tiles)."""
+    jax.clear_caches()  # the tiling is chosen at trace time: drop traces made under other limits
+    if request.param == "tiled":
+        monkeypatch.setattr(depth_conv, "PATCH_WHOLE_BYTES", 0)
+        monkeypatch.setattr(depth_conv, "PATCH_TILE_BYTES", 1)  # one output row per tile
+    yield request.param
+    jax.clear_caches()
+
+
+PATCH_CASES = [
+    # (kernel, strides, dilation, padding, (h, w), invalid depth)
+    ((3, 3), (1, 1), (1, 1), "SAME", (8, 9), True),
+    ((3, 3), (1, 1), (1, 1), "VALID", (7, 8), False),
+    ((3, 3), (2, 1), (2, 3), ((1, 2), (0, 3)), (12, 14), True),
+    ((3, 3), (2, 2), (1, 1), "SAME", (9, 10), True),
+    ((5, 3), (2, 2), (1, 2), ((-1, 2), (1, 0)), (11, 12), True),
+    ((1, 1), (1, 2), (1, 1), ASYM, (5, 6), True),
+]
+
+
+@pytest.mark.parametrize("kernel_size, strides, dilation, padding, hw, invalid", PATCH_CASES)
+def test_fast_patches_values_and_vjp_match_reference(
+    patch_tiling, kernel_size, strides, dilation, padding, hw, invalid
+):
+    x, depth, kernel = make_inputs(sum(hw), 2, *hw, 3, 4, kernel_size, invalid=invalid)
+    options = dict(strides=strides, padding=padding, dilation=dilation)
+
+    def vjp(impl):
+        f = dconv(impl, depth=depth, **options)
+        y, pullback = jax.vjp(lambda a, w: f(a, kernel=w), x, kernel)
+        ct = np.random.default_rng(1).normal(size=y.shape).astype(np.float32)
+        return (y, *pullback(ct))
+
+    for got, want, name in zip(
+        vjp("fast_patches"), vjp("reference"), ("y", "dx", "dW"), strict=True
+    ):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4, err_msg=name)
+
+
+def test_fast_patches_check_grads_and_jit(patch_tiling):
+    x, depth, kernel = make_inputs(17, 2, 7, 6, 2, 3, (3, 3))
+    with jax.enable_x64(True):
+        x64, k64 = jnp.asarray(x, jnp.float64), jnp.asarray(kernel, jnp.float64)
+        op = dconv("fast_patches", alpha=2.0, strides=(2, 1), padding=ASYM, dilation=(1, 2))
+        check_grads(lambda a, w: op(a, depth, w), (x64, k64), order=1, modes=("rev",), atol=1e-6)
+    f = functools.partial(depth_aware_conv, implementation="fast_patches", strides=(1, 2))
+    np.testing.assert_allclose(jax.jit(f)(x, depth, kernel), f(x, depth, kernel), rtol=1e-6)
+
+
+def test_fast_patches_kernel_gradient_alone_drops_the_dx_loop(patch_tiling):
+    """With several tiles, dx and dW are separate loops: grad w.r.t. the kernel alone has no dx."""
+    x, depth, kernel = make_inputs(18, 2, 6, 5, 2, 3, (3, 3))
+    op = functools.partial(depth_aware_conv, depth=depth, implementation="fast_patches")
+
+    def loops(argnums):
+        grad = jax.grad(lambda a, w: jnp.sum(op(a, kernel=w) ** 2), argnums=argnums)
+        return jax.jit(grad).lower(x, kernel).compile().as_text().count(" while(")
+
+    if patch_tiling == "tiled":
+        assert loops((0, 1)) == loops(1) + 1
+    else:
+        assert loops((0, 1)) == loops(1) == 0
+
+
+def test_fast_strategy_choice_and_dw_from_patches_matches_reference():
+    """'fast' picks the patch formulation for narrow inputs, dW from patches for mid widths."""
+    from drd_jax.ops.windows import window_geometry
+
+    def choice(n, h, w, cin, cout):
+        x = jnp.zeros((n, h, w, cin), jnp.float32)
+        geometry = window_geometry((h, w), (3, 3), strides=1, padding="SAME", dilation=1)
+        return depth_conv._forward_strategy(x, jnp.zeros((9, cin, cout)), geometry)
+
+    assert choice(2, 240, 320, 64, 64) == "tiles_dw_patches"  # conv1_2
+    assert choice(2, 120, 160, 64, 128) == "tiles_dw_patches"  # conv2_1
+    assert choice(2, 120, 160, 128, 128) == "tiles"  # conv2_2
+    assert choice(2, 30, 40, 512, 1024) == "offsets"  # fc6
+    assert 9 * 3 <= depth_conv.PATCH_MAX_FEATURES < 9 * 64  # conv1_1 (RGB) takes 'fast_patches'
+
+    x, depth, kernel = make_inputs(19, 2, 10, 9, 8, 6, (3, 3))  # 72 columns: tiles_dw_patches
+    assert choice(2, 10, 9, 8, 6) == "tiles_dw_patches"
+    options = dict(strides=(2, 1), padding=((1, 2), (0, 3)), dilation=(1, 2))
+
+    def vjp(impl):
+        f = dconv(impl, depth=depth, **options)
+        y, pullback = jax.vjp(lambda a, w: f(a, kernel=w), x, kernel)
+        ct = np.random.default_rng(2).normal(size=y.shape).astype(np.float32)
+        return (y, *pullback(ct))
+
+    for got, want, name in zip(vjp("fast"), vjp("reference"), ("y", "dx", "dW"), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4, err_msg=name)

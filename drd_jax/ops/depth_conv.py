@@ -29,7 +29,14 @@ from drd_jax.ops.windows import (
 )
 
 DEFAULT_ALPHA = 8.3
-IMPLEMENTATIONS = ("fast", "fast_tiles", "fast_offsets", "checkpoint", "reference")
+IMPLEMENTATIONS = (
+    "fast",
+    "fast_tiles",
+    "fast_offsets",
+    "fast_patches",
+    "checkpoint",
+    "reference",
+)
 
 
 def _check_alpha(alpha):
@@ -184,17 +191,24 @@ def _forward_offsets(x, sim, kernel_k, *, geometry, precision):
     return lax.fori_loop(0, k[0] * k[1], body, y0)
 
 
-def _tile_rows(geometry, cin, cout, itemsize, *, strict=True) -> int:
-    """Output rows per tile: the largest divisor of H' whose tile fits in TILE_BYTES.
+def _divisor_rows(ho, per_row, *, strict, budget=None) -> int:
+    """The largest divisor of ``ho`` with ``rows · per_row ≤ budget`` (at least 1).
+
+    ``budget`` defaults to TILE_BYTES.
 
     With ``strict``, 0 when that divisor is under half the rows that would fit (e.g. a prime H'),
     i.e. when tiling would mean many tiny tiles.
     """
-    k, _, _, _, (ho, wo) = geometry
-    per_row = wo * k[0] * k[1] * (cin + cout) * itemsize
-    target = max(1, TILE_BYTES // max(per_row, 1))
+    target = max(1, (TILE_BYTES if budget is None else budget) // max(per_row, 1))
     rows = max(r for r in range(1, min(ho, target) + 1) if ho % r == 0)
     return rows if not strict or 2 * rows >= min(ho, target) else 0
+
+
+def _tile_rows(geometry, cin, cout, itemsize, *, strict=True) -> int:
+    """Output rows per tile of the shift-and-add forward: temporaries under TILE_BYTES."""
+    k, _, _, _, (ho, wo) = geometry
+    per_row = wo * k[0] * k[1] * (cin + cout) * itemsize
+    return _divisor_rows(ho, per_row, strict=strict)
 
 
 def _forward_tiles(x, sim, kernel_k, *, geometry, precision):
@@ -272,7 +286,7 @@ def _backward_offsets(x, sim, kernel_k, g, *, geometry, precision):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
 def _fast(x, sim, kernel_k, geometry, precision, strategy):
-    forward = _forward_tiles if strategy == "tiles" else _forward_offsets
+    forward = _forward_offsets if strategy == "offsets" else _forward_tiles
     return forward(x, sim, kernel_k, geometry=geometry, precision=precision)
 
 
@@ -281,17 +295,219 @@ def _fast_fwd(x, sim, kernel_k, geometry, precision, strategy):
 
 
 def _fast_bwd(geometry, precision, strategy, residuals, g):
-    del strategy
     x, sim, kernel_k = residuals
-    dx, dw = _backward_offsets(x, sim, kernel_k, g, geometry=geometry, precision=precision)
+    options = dict(geometry=geometry, precision=precision)
+    if strategy == "tiles_dw_patches":
+        # dx from the offsets loop (XLA drops its unused dW carry), dW from the patch matrices:
+        # two separate loops, so a caller that needs only dW (or only dx) runs only one.
+        dx = _backward_offsets(x, sim, kernel_k, g, **options)[0]
+        dw = _backward_patches_dw(x, sim, kernel_k, g, **options)
+    else:
+        dx, dw = _backward_offsets(x, sim, kernel_k, g, **options)
     return dx, jnp.zeros_like(sim), dw
 
 
 _fast.defvjp(_fast_fwd, _fast_bwd)
 
 
+# --------------------------------------------------------------------------------------------
+# 'fast_patches': per tile, the H-weighted patch matrix (P, K·Cin) and ONE matmul with the kernel
+# as (K·Cin, Cout); custom VJP that recomputes the patches (never stored between the passes).
+# --------------------------------------------------------------------------------------------
+
+# A whole-batch patch matrix up to this many bytes is built in one piece (no tile loop); larger
+# ones go in bands of output rows whose temporaries stay under PATCH_TILE_BYTES.
+PATCH_WHOLE_BYTES = 32 * 2**20
+PATCH_TILE_BYTES = 4 * 2**20
+
+
+def _patch_tiling(geometry, n, cin, cout, itemsize) -> tuple[int, int]:
+    """``(images, rows)`` per tile of the patch formulation.
+
+    The whole batch when its patch matrix fits in PATCH_WHOLE_BYTES; otherwise one image and a
+    band of output rows whose temporaries (the patch matrix, its cotangent and the output row)
+    stay under PATCH_TILE_BYTES.
+    """
+    k, _, _, _, (ho, wo) = geometry
+    kk = k[0] * k[1]
+    if n * ho * wo * kk * cin * itemsize <= PATCH_WHOLE_BYTES:
+        return n, ho
+    per_row = wo * (2 * kk * cin + cout) * itemsize
+    return 1, _divisor_rows(ho, per_row, strict=False, budget=PATCH_TILE_BYTES)
+
+
+class _PatchTiles:
+    """Tiles (``images`` images × ``rows`` output rows) of the patch formulation on one input."""
+
+    def __init__(self, x, sim, cout, geometry):
+        k, s, d, pads, out = geometry
+        self.geometry = geometry
+        self.n, _, _, self.cin = x.shape
+        self.kk = k[0] * k[1]
+        self.acc = _acc_dtype(x)
+        self.dtype = x.dtype
+        self.images, self.rows = _patch_tiling(
+            geometry, self.n, self.cin, cout, jnp.dtype(self.acc).itemsize
+        )
+        self.bands = out[0] // self.rows
+        self.count = (self.n // self.images) * self.bands
+        self.in_rows = (self.rows - 1) * s[0] + (k[0] - 1) * d[0] + 1
+        self.xp = pad_spatial(x, pads)
+        self.sim = sim
+
+    def start(self, item):
+        """(first image, first output row) of tile ``item``."""
+        return (item // self.bands) * self.images, (item % self.bands) * self.rows
+
+    def out_slice(self, a, item):
+        """Tile ``item`` of an ``(N, H', W', C)`` array."""
+        b, r = self.start(item)
+        return lax.dynamic_slice(a, (b, r, 0, 0), (self.images, self.rows, *a.shape[2:]))
+
+    def in_start(self, item):
+        """Start of tile ``item``'s band in padded-input coordinates."""
+        b, r = self.start(item)
+        return (b, r * self.geometry[1][0], 0, 0)
+
+    def patches(self, item):
+        """``(pixels, K·Cin)`` matrix: concat over the offsets of ``H_o ⊙ shift_o(x)``."""
+        k, s, d, _, out = self.geometry
+        xb = lax.dynamic_slice(
+            self.xp, self.in_start(item), (self.images, self.in_rows, self.xp.shape[2], self.cin)
+        )
+        hb = self.out_slice(self.sim, item)
+        cols = [
+            (
+                shift_of_padded(
+                    xb, divmod(o, k[1]), strides=s, dilation=d, out_shape=(self.rows, out[1])
+                ).astype(self.acc)
+                * hb[..., o : o + 1]
+            ).astype(self.dtype)
+            for o in range(self.kk)
+        ]
+        return jnp.concatenate(cols, axis=-1).reshape(-1, self.kk * self.cin)
+
+    def loop(self, body, init):
+        """``body(item, carry)`` over every tile (inline when there is a single tile)."""
+        if self.count == 1:
+            return body(0, init)
+        return lax.fori_loop(0, self.count, body, init)
+
+
+def _forward_patches(x, sim, kernel_k, *, geometry, precision):
+    """Per tile: the weighted patch matrix (pixels, K·Cin) @ the kernel as (K·Cin, Cout)."""
+    out = geometry[4]
+    cout = kernel_k.shape[-1]
+    t = _PatchTiles(x, sim, cout, geometry)
+    w2 = kernel_k.reshape(t.kk * t.cin, cout)
+
+    def tile(item):
+        y = _matmul_last(t.patches(item), w2, precision=precision, acc=t.acc)
+        return y.reshape(t.images, t.rows, out[1], cout)
+
+    if t.count == 1:
+        return tile(0)
+    tiles = lax.map(tile, jnp.arange(t.count))  # (tiles, images, rows, W', Cout), image-major
+    return tiles.reshape(t.n, out[0], out[1], cout)
+
+
+def _backward_patches_dw(x, sim, kernel_k, g, *, geometry, precision):
+    """``dW = Σ_tiles patchesᵀ @ g``: one (K·Cin, pixels) @ (pixels, Cout) product per tile."""
+    cout = kernel_k.shape[-1]
+    t = _PatchTiles(x, sim, cout, geometry)
+
+    def body(item, dw):
+        gb = t.out_slice(g, item).reshape(-1, cout)
+        return dw + lax.dot_general(
+            t.patches(item),
+            gb,
+            (((0,), (0,)), ((), ())),
+            precision=precision,
+            preferred_element_type=t.acc,
+        )
+
+    dw = t.loop(body, jnp.zeros((t.kk * t.cin, cout), t.acc))
+    return dw.reshape(kernel_k.shape).astype(kernel_k.dtype)
+
+
+def _backward_patches_dx(x, sim, kernel_k, g, *, geometry, precision):
+    """``dx = Σ_o shiftᵀ_o(H_o ⊙ (g @ Wᵀ)[o-th Cin block])``, tile by tile.
+
+    ``g @ Wᵀ`` is one (pixels, Cout) @ (Cout, K·Cin) product per tile; its K blocks, weighted by
+    H, are scattered (zero-padded onto the stride-1 grid) into the tile's band of a padded dx
+    buffer, which is cropped at the end.
+    """
+    k, s, d, pads, out = geometry
+    cout = kernel_k.shape[-1]
+    t = _PatchTiles(x, sim, cout, geometry)
+    w2 = kernel_k.reshape(t.kk * t.cin, cout)
+    wp = t.xp.shape[2]
+    span = ((t.rows - 1) * s[0] + 1, (out[1] - 1) * s[1] + 1)
+    zero = jnp.zeros((), t.acc)
+
+    def body(item, dxp):
+        gb = t.out_slice(g, item).reshape(-1, cout)
+        gw = lax.dot_general(
+            gb, w2, (((1,), (1,)), ((), ())), precision=precision, preferred_element_type=t.acc
+        ).reshape(t.images, t.rows, out[1], t.kk, t.cin)
+        gw = gw * t.out_slice(sim, item)[..., None]
+        band = None
+        for o in range(t.kk):
+            i, j = divmod(o, k[1])
+            lo = (i * d[0], j * d[1])
+            config = (
+                (0, 0, 0),
+                (lo[0], t.in_rows - lo[0] - span[0], s[0] - 1),
+                (lo[1], wp - lo[1] - span[1], s[1] - 1),
+                (0, 0, 0),
+            )
+            term = lax.pad(gw[..., o, :], zero, config)
+            band = term if band is None else band + term
+        start = t.in_start(item)
+        region = lax.dynamic_slice(dxp, start, band.shape)
+        return lax.dynamic_update_slice(dxp, region + band, start)
+
+    dxp = t.loop(body, jnp.zeros(t.xp.shape, t.acc))
+    dx = pad_spatial(dxp, tuple((-lo, -hi) for lo, hi in pads))  # undo the padding
+    return dx.astype(x.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _patches(x, sim, kernel_k, geometry, precision):
+    return _forward_patches(x, sim, kernel_k, geometry=geometry, precision=precision)
+
+
+def _patches_fwd(x, sim, kernel_k, geometry, precision):
+    return _patches(x, sim, kernel_k, geometry, precision), (x, sim, kernel_k)
+
+
+def _patches_bwd(geometry, precision, residuals, g):
+    # dx and dW are separate loops, so XLA drops dx where the caller does not use it (the image).
+    x, sim, kernel_k = residuals
+    options = dict(geometry=geometry, precision=precision)
+    dx = _backward_patches_dx(x, sim, kernel_k, g, **options)
+    dw = _backward_patches_dw(x, sim, kernel_k, g, **options)
+    return dx, jnp.zeros_like(sim), dw
+
+
+_patches.defvjp(_patches_fwd, _patches_bwd)
+
+
+# 'fast' takes the patch formulation where it measured faster (CPU, N = 2 at 240×320, BENCHMARKS.md
+# issue 6, fwd+bwd against the plain conv): the whole of it (forward, dx, dW) when the patch matrix
+# has at most PATCH_MAX_FEATURES columns (K·Cin; conv1_1, 27 columns: 2.4× → 1.2×), and for dW
+# alone (beside the row-tiled forward and a dx-only offsets loop) up to PATCH_DW_MAX_FEATURES
+# columns and PATCH_DW_MAX_COUT outputs (conv1_2 64→64: 1.51× → 0.92×; conv2_1 64→128: 1.18× →
+# 1.07×; not conv2_2 128→128, 1152 columns: 1.21× → 1.33×).
+PATCH_MAX_FEATURES = 64
+PATCH_DW_MAX_FEATURES = 576
+PATCH_DW_MAX_COUT = 128
+
+
 def _forward_strategy(x, kernel_k, geometry) -> str:
     """'tiles' when activations dominate the memory and a good tiling exists, else 'offsets'.
+
+    'tiles_dw_patches' is 'tiles' with dW from patch matrices (narrow layers, see above).
 
     Tiling bounds the temporaries to TILE_BYTES but streams the kernel once per tile, so it pays
     off only when the activations outweigh the kernel (early layers, not fc6).
@@ -304,11 +520,17 @@ def _forward_strategy(x, kernel_k, geometry) -> str:
         return "offsets"
     rows = _tile_rows(geometry, cin, cout, jnp.dtype(_acc_dtype(x)).itemsize)
     tiles = n * (ho // rows) if rows else 0
-    return "tiles" if tiles > 1 else "offsets"
+    if tiles <= 1:
+        return "offsets"
+    if k_count * cin <= PATCH_DW_MAX_FEATURES and cout <= PATCH_DW_MAX_COUT:
+        return "tiles_dw_patches"
+    return "tiles"
 
 
 def _make_fast(strategy):
     def impl(x, sim, kernel_k, *, geometry, precision):
+        if strategy is None and kernel_k.shape[0] * x.shape[-1] <= PATCH_MAX_FEATURES:
+            return _patches(x, sim, kernel_k, geometry, precision)
         chosen = strategy or _forward_strategy(x, kernel_k, geometry)
         return _fast(x, sim, kernel_k, geometry, precision, chosen)
 
@@ -325,6 +547,9 @@ _IMPLS = {
     "fast": _make_fast(None),
     "fast_tiles": _make_fast("tiles"),
     "fast_offsets": _make_fast("offsets"),
+    "fast_patches": lambda x, sim, kernel_k, *, geometry, precision: _patches(
+        x, sim, kernel_k, geometry, precision
+    ),
     "checkpoint": _checkpointed,
     "reference": _reference,
 }
@@ -387,7 +612,19 @@ def depth_aware_conv(
         reverse mode (``jax.grad``, ``jax.vjp``; higher orders differentiate the hand-written
         backward as ordinary JAX code). **Not** forward mode (``jax.jvp``, ``jax.jacfwd``): use
         ``'checkpoint'`` for that.
-      * ``'fast_tiles'`` / ``'fast_offsets'``: ``'fast'`` with its forward strategy forced.
+        For narrow layers ``'fast'`` uses patch matrices where they measured faster: the whole
+        ``'fast_patches'`` path when ``kh·kw·Cin ≤`` :data:`PATCH_MAX_FEATURES` (e.g. the RGB
+        input layer), and dW from patch matrices (beside the row-tiled forward and an offsets-loop
+        dx) when ``kh·kw·Cin ≤`` :data:`PATCH_DW_MAX_FEATURES` and ``Cout ≤``
+        :data:`PATCH_DW_MAX_COUT`.
+      * ``'fast_tiles'`` / ``'fast_offsets'``: ``'fast'`` with its forward strategy forced (and
+        the offsets-loop backward for dx and dW).
+      * ``'fast_patches'``: per tile (the whole batch when its patch matrix is at most
+        :data:`PATCH_WHOLE_BYTES`, else bands of output rows under :data:`PATCH_TILE_BYTES`), the
+        ``(pixels, kh·kw·Cin)`` matrix of ``H``-weighted shifts of ``x`` times the kernel as
+        ``(kh·kw·Cin, Cout)``, one matmul. Hand-written VJP (reverse mode only) that recomputes
+        the patches: ``dW = Σ_tiles patchesᵀ·g``; ``dx`` scatters ``H ⊙ (g·Wᵀ)`` back over the
+        offsets, in a separate loop, so it costs nothing when only dW is used.
       * ``'checkpoint'``: the offsets loop under ``jax.checkpoint``, differentiated by JAX (the
         backward pass recomputes the shifts); supports forward and reverse mode; slower backward.
       * ``'reference'``: materialises the ``(N, H', W', kh·kw·Cin)`` patch tensor of ``x``,
