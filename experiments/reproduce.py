@@ -204,11 +204,16 @@ def reproduce(
 
     summary = summarize(rows, results, timing)
     summary.update(dataset=config.dataset, config=config.to_dict(), tables_requested=tables)
+    loaded: dict = {}  # run key -> load_run(...), each checkpoint restored once
+
+    def run_params(key: str):
+        if key not in loaded:
+            loaded[key] = train.load_run(runs_dir / key)
+        return loaded[key]
+
     if any(r.run.key == "sn" for r in rows):
         # Where parameter sharing starts: the teacher's params with plain convs, RGB only.
-        m = train.evaluate_run(
-            train.load_run(runs_dir / "tn"), depth_aware=False, data_dir=data_dir
-        )
+        m = train.evaluate_run(run_params("tn"), depth_aware=False, data_dir=data_dir)
         summary["ps_starting_point"] = {k: _percent(m[k]) for k, _ in METRICS}
     figures_started = time.perf_counter()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -218,9 +223,9 @@ def reproduce(
     figures.curves_figure(workdir / CURVES, {r.key: runs_dir / r.key for r in order})
     if "1" in tables and figure_images > 0:
         columns = {"BL": "bl", "TN": "tn", "SN": "sn"}
-        loaded = {name: train.load_run(runs_dir / key) for name, key in columns.items()}
+        shown = {name: run_params(key) for name, key in columns.items()}
         source = input_pipeline.load_data_source(config.dataset, "test", data_dir=data_dir)
-        figures.qualitative_figure(workdir / FIGURE, loaded, source, num_images=figure_images)
+        figures.qualitative_figure(workdir / FIGURE, shown, source, num_images=figure_images)
     summary["seconds"] = {
         "data": round(data_seconds, 1),
         "runs": round(sum(t["seconds"] for t in timing.values()), 1),
