@@ -90,11 +90,12 @@ import numpy as np
 import optax
 from flax.training import train_state
 
+from drd_jax import distillation as distillation_lib
 from drd_jax import input_pipeline, losses, metrics
 from drd_jax.checkpointing import Checkpointer, config_fingerprint
 from drd_jax.files import atomic_write_text
 from drd_jax.metric_writers import MetricWriter
-from drd_jax.models import DeepLabVGG16
+from drd_jax.models import FEATURE_LAYERS, DeepLabVGG16, apply_with_features
 from drd_jax.parallel import PARALLEL, DataParallel
 
 __all__ = [
@@ -117,6 +118,25 @@ __all__ = [
 ]
 
 MODES = ("baseline", "teacher", "student")
+# Distillation weights beside vtce_weight (drd_jax.distillation); > 0 switches a term on.
+KD_WEIGHT_FIELDS = (
+    "pixel_kd_weight",
+    "pair_kd_weight",
+    "holistic_kd_weight",
+    "adaptation_weight",
+    "affinity_weight",
+)
+# Every field of those methods (weights and hyper-parameters).
+KD_FIELDS = (
+    *KD_WEIGHT_FIELDS,
+    "pair_kd_node_scale",
+    "critic_learning_rate",
+    "critic_gp_weight",
+    "kd_feature_layer",
+    "ka_code_features",
+    "ka_autoencoder_steps",
+    "ka_autoencoder_learning_rate",
+)
 INITS = ("scratch", "teacher", "imagenet")
 OPTIMIZERS = ("sgd", "adam")
 TEACHER_CHECKPOINTS = ("best", "latest")
@@ -135,9 +155,15 @@ FINAL_METRICS_NAME = "final_metrics.json"
 
 class TrainState(train_state.TrainState):
     """flax ``TrainState`` plus the dropout key (raw uint32 key data; step ``s`` uses
-    ``fold_in(dropout_rng, s)``)."""
+    ``fold_in(dropout_rng, s)``) and the networks some distillation methods train beside the
+    student (None when unused; see ``drd_jax.distillation``): the holistic loss's ``critic`` and
+    knowledge adaptation's ``adapter`` (each a flax ``TrainState`` with its own optimiser) and
+    its pre-trained, then frozen, ``autoencoder_params``."""
 
     dropout_rng: jax.Array
+    critic: train_state.TrainState | None = None
+    adapter: train_state.TrainState | None = None
+    autoencoder_params: Any = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -158,6 +184,18 @@ _REQUIRED = (
     "pretrained_path",
     "vtce_weight",
     "beta",
+    "pixel_kd_weight",
+    "pair_kd_weight",
+    "pair_kd_node_scale",
+    "holistic_kd_weight",
+    "critic_learning_rate",
+    "critic_gp_weight",
+    "adaptation_weight",
+    "affinity_weight",
+    "kd_feature_layer",
+    "ka_code_features",
+    "ka_autoencoder_steps",
+    "ka_autoencoder_learning_rate",
     "alpha",
     "depth_aware_layers",
     "width",
@@ -230,12 +268,19 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise _field_error(
             "init", f"'teacher' (parameter sharing) needs mode='student', got mode={config.mode!r}"
         )
-    needs_teacher = config.mode == "student" and (config.init == "teacher" or config.vtce_weight)
+    for field in KD_WEIGHT_FIELDS:
+        _check_number(config, field, 0)
+        if config[field] and config.mode != "student":
+            raise _field_error(field, f"distillation needs mode='student', got {config.mode!r}")
+    distills = any(config[f] for f in ("vtce_weight", *KD_WEIGHT_FIELDS))
+    needs_teacher = config.mode == "student" and (config.init == "teacher" or distills)
     if needs_teacher and not config.teacher_workdir:
         raise _field_error(
             "teacher_workdir",
-            "student mode with init='teacher' or vtce_weight > 0 needs the teacher run's workdir",
+            "student mode with init='teacher' or a distillation weight > 0 needs the teacher "
+            "run's workdir",
         )
+    _check_choice(config, "kd_feature_layer", FEATURE_LAYERS)
     if config.init == "imagenet" and not config.pretrained_path:
         raise _field_error("pretrained_path", "init='imagenet' needs a VGG16 weights file")
     for field, lo, hi in (
@@ -250,6 +295,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ("num_devices", 0, math.inf),
         ("num_workers", 0, math.inf),
         ("seed", 0, 2**32 - 1),
+        ("ka_code_features", 1, math.inf),
+        ("ka_autoencoder_steps", 0, math.inf),
     ):
         _check_number(config, field, lo, hi, integer=True)
     _check_number(config, "learning_rate", 0, lo_open=True)
@@ -260,6 +307,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check_number(config, "alpha", 0)
     _check_number(config, "beta", 0, lo_open=True)
     _check_number(config, "vtce_weight", 0)
+    _check_number(config, "pair_kd_node_scale", 0, 1, lo_open=True)
+    _check_number(config, "critic_learning_rate", 0, lo_open=True)
+    _check_number(config, "critic_gp_weight", 0)
+    _check_number(config, "ka_autoencoder_learning_rate", 0, lo_open=True)
     _check_number(config, "dropout_rate", 0, 1, hi_open=True)
     _check_number(config, "flip_prob", 0, 1)
     _check_number(config, "color_jitter", 0, 1, hi_open=True)
@@ -271,9 +322,23 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise _field_error("crop_size", f"must be two positive ints, got {config.crop_size!r}")
 
 
+def uses_kd_methods(config) -> bool:
+    """Whether a config switches on any distillation method besides VTCE (``KD_WEIGHT_FIELDS``;
+    configs written before those fields existed have none)."""
+    return any(config.get(f) for f in KD_WEIGHT_FIELDS)
+
+
 def fingerprint(config: ml_collections.ConfigDict) -> str:
-    """The config fingerprint of a run (``FINGERPRINT_IGNORE`` left out)."""
-    return config_fingerprint(config.to_dict(), ignore=FINGERPRINT_IGNORE)
+    """The config fingerprint of a run (``FINGERPRINT_IGNORE`` left out).
+
+    A run that uses none of the ``KD_WEIGHT_FIELDS`` also leaves out every field of those methods
+    (``KD_FIELDS``): they do not change what it computes, and runs written before the fields
+    existed keep their fingerprint (so they are still resumed and reused).
+    """
+    ignore = FINGERPRINT_IGNORE
+    if not uses_kd_methods(config):
+        ignore = ignore + KD_FIELDS
+    return config_fingerprint(config.to_dict(), ignore=ignore)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -368,8 +433,19 @@ def create_train_state(
             pretrained = pretrained_lib.load_vgg16_params(config.pretrained_path)
         params = pretrained_lib.merge_pretrained(params, pretrained)
     model = make_model(config, num_classes)
+    tx = make_optimizer(config)
+    extra = {}
+    if config.mode == "student" and uses_kd_methods(config):
+        distillation = distillation_lib.make_distillation(config)
+        extra = distillation_lib.init_distillation_state(
+            config,
+            distillation,
+            jax.random.fold_in(init_rng, 1),
+            num_classes=num_classes,
+            student_tx=tx,
+        )
     return TrainState.create(
-        apply_fn=model.apply, params=params, tx=make_optimizer(config), dropout_rng=dropout_rng
+        apply_fn=model.apply, params=params, tx=tx, dropout_rng=dropout_rng, **extra
     )
 
 
@@ -401,18 +477,26 @@ def train_step(
     num_classes: int,
     use_depth: bool,
     learning_rate_fn: Callable[[Any], Any],
-    teacher_model: DeepLabVGG16 | None = None,
-    vtce_weight: float = 0.0,
-    beta: float = 0.9,
+    distillation: distillation_lib.Distillation | None = None,
     num_train_images: int = 1,
     global_batch_size: int = 1,
     axis_name: str | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One SGD step on a batch; ``axis_name`` set under ``pmap`` (sums over devices).
 
+    With ``distillation`` (a student with a frozen teacher, ``teacher_params``), the loss is
+    ``CE + Σ weight · term`` over its active terms (``distillation.student_distillation_terms``);
+    the teacher's logits (and features, codes) come from one forward pass under
+    ``stop_gradient``, the student's features from the same forward pass as its logits. The
+    knowledge-adaptation adapter is updated with the student; the holistic loss's critic gets
+    one WGAN-GP step after them, on this step's (detached) student scores.
+
     Returns the new state and metrics (global, identical on every device): ``loss``, ``ce_loss``,
-    ``vtce_loss`` (0 without a teacher), ``temperature``, ``lr`` (of this step), ``grad_norm``,
-    ``valid_pixels`` (global) and ``finite`` (loss, gradients and new params all finite).
+    ``vtce_loss`` (0 without VTCE), the other active terms (``pixel_kd_loss``, ``pair_kd_loss``,
+    ``holistic_kd_loss``, ``adaptation_loss``, ``affinity_loss``; with a critic also
+    ``critic_loss``, ``critic_wasserstein``, ``gradient_penalty``), ``temperature``, ``lr`` (of
+    this step), ``grad_norm``, ``valid_pixels`` (global) and ``finite`` (loss, gradients and new
+    params all finite).
     """
     labels = batch["label"]
     image = batch["image"]
@@ -423,48 +507,94 @@ def train_step(
     rng = jax.random.fold_in(state.dropout_rng, state.step)
     if axis_name is not None:
         rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
-    distill = teacher_model is not None and vtce_weight > 0
+    kd = distillation if distillation is not None and distillation.any_term else None
+    beta = kd.beta if kd is not None else 0.9
     temperature = losses.vtce_temperature(
         state.step, num_train_images=num_train_images, batch_size=global_batch_size, beta=beta
     )
-    if distill:
-        teacher_logits = jax.lax.stop_gradient(
-            teacher_model.apply({"params": teacher_params}, image, depth, train=False)
+    if kd is not None:
+        teacher = distillation_lib.teacher_outputs(
+            kd, teacher_params, state.autoencoder_params, image, depth
         )
+    adapter_params = state.adapter.params if state.adapter is not None else None
 
-    def loss_fn(params):
-        logits = state.apply_fn(
-            {"params": params},
-            image,
-            depth if use_depth else None,
-            train=True,
-            rngs={"dropout": rng},
-        )
-        ce = jnp.sum(losses.segmentation_cross_entropy(logits, labels, where=valid)) / denom
-        vt = jnp.zeros((), jnp.float32)
-        if distill:
-            per_pixel = losses.vtce_loss(
-                logits, teacher_logits, temperature=temperature, where=valid
+    def loss_fn(params, adapter_params):
+        variables = {"params": params}
+        student_depth = depth if use_depth else None
+        rngs = {"dropout": rng}
+        features = None
+        if kd is not None and kd.needs_features:
+            logits, feats = apply_with_features(
+                state.apply_fn, variables, image, student_depth, train=True, rngs=rngs
             )
-            vt = jnp.sum(per_pixel) / denom
-        return ce + vtce_weight * vt, (ce, vt)
+            features = feats[kd.feature_layer]
+        else:
+            logits = state.apply_fn(variables, image, student_depth, train=True, rngs=rngs)
+        ce = jnp.sum(losses.segmentation_cross_entropy(logits, labels, where=valid)) / denom
+        terms = {}
+        if kd is not None:
+            terms = distillation_lib.student_distillation_terms(
+                kd,
+                logits,
+                features,
+                teacher,
+                valid=valid,
+                pixel_denominator=denom,
+                image_denominator=float(global_batch_size),
+                temperature=temperature,
+                adapter_params=adapter_params,
+                critic_params=state.critic.params if state.critic is not None else None,
+            )
+            total = ce + distillation_lib.weighted_sum(kd, terms)
+        else:
+            total = ce
+        return total, (ce, terms, logits)
 
-    (loss, (ce, vt)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grads = _psum(grads, axis_name)
-    loss, ce, vt = (_psum(x, axis_name) for x in (loss, ce, vt))
+    (loss, (ce, terms, logits)), (grads, adapter_grads) = jax.value_and_grad(
+        loss_fn, argnums=(0, 1), has_aux=True
+    )(state.params, adapter_params)
+    grads, adapter_grads = _psum((grads, adapter_grads), axis_name)
+    loss, ce, terms = _psum((loss, ce, terms), axis_name)
     new_state = state.apply_gradients(grads=grads)
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(new_state.params)
-    out = {
-        "loss": loss,
-        "ce_loss": ce,
-        "vtce_loss": vt,
-        "temperature": temperature.astype(jnp.float32),
-        "lr": jnp.asarray(learning_rate_fn(state.step), jnp.float32),
-        "grad_norm": grad_norm,
-        "valid_pixels": count,
-        "finite": finite,
-    }
+    out = {"loss": loss, "ce_loss": ce, "vtce_loss": jnp.zeros((), jnp.float32), **terms}
+    if state.adapter is not None:
+        new_state = new_state.replace(adapter=state.adapter.apply_gradients(grads=adapter_grads))
+        finite &= _all_finite(new_state.adapter.params)
+    if kd is not None and kd.holistic_weight > 0:
+        (critic_loss, (wasserstein, penalty)), critic_grads = jax.value_and_grad(
+            distillation_lib.critic_loss, has_aux=True
+        )(
+            state.critic.params,
+            kd.critic,
+            jax.nn.softmax(teacher[0]),
+            jax.nn.softmax(logits),
+            epsilon=distillation_lib.penalty_weights(
+                state.dropout_rng,
+                state.step,
+                local_batch=image.shape[0],
+                global_batch=global_batch_size,
+                axis_name=axis_name,
+            ),
+            gp_weight=kd.gp_weight,
+            image_denominator=float(global_batch_size),
+        )
+        critic_grads, critic_loss, wasserstein, penalty = _psum(
+            (critic_grads, critic_loss, wasserstein, penalty), axis_name
+        )
+        new_state = new_state.replace(critic=state.critic.apply_gradients(grads=critic_grads))
+        finite &= jnp.isfinite(critic_loss) & _all_finite(new_state.critic.params)
+        out.update(
+            critic_loss=critic_loss, critic_wasserstein=wasserstein, gradient_penalty=penalty
+        )
+    out.update(
+        temperature=temperature.astype(jnp.float32),
+        lr=jnp.asarray(learning_rate_fn(state.step), jnp.float32),
+        grad_norm=grad_norm,
+        valid_pixels=count,
+        finite=finite,
+    )
     return new_state, out
 
 
@@ -684,6 +814,89 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         ckpt.close()
 
 
+_NOT_LOGGED = ("finite", "valid_pixels")
+
+
+def _train_iterator(config, source, par: DataParallel, num_classes: int, *, seed, start_step):
+    return input_pipeline.create_train_iterator(
+        source,
+        batch_size=config.batch_size,
+        crop_size=tuple(config.crop_size),
+        num_classes=num_classes,
+        seed=seed,
+        start_step=start_step,
+        num_devices=par.pipeline_num_devices,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        scale_range=tuple(config.scale_range),
+        flip_prob=config.flip_prob,
+        color_jitter=config.color_jitter,
+        num_workers=config.num_workers,
+    )
+
+
+def _pretrain_autoencoder(
+    config,
+    state: TrainState,
+    distillation: distillation_lib.Distillation,
+    teacher_params,
+    source,
+    par: DataParallel,
+    num_classes: int,
+    workdir: pathlib.Path,
+) -> TrainState:
+    """Knowledge adaptation's first stage: ``config.ka_autoencoder_steps`` Adam steps of the
+    auto-encoder on the frozen teacher's features (its own data order: ``seed + 1``).
+
+    Logged in ``<workdir>/autoencoder/`` (``metrics.jsonl``, TensorBoard, ``curves.png``):
+    ``reconstruction_loss`` of each step's batch (split ``train``) and of one held-out batch
+    (the stage's first, not trained on) before and after the stage (split ``eval``, steps 0 and
+    the last). The stage runs only before the student's first step: a resumed run restores the
+    trained auto-encoder from its checkpoint. Returns ``state`` with the trained
+    ``autoencoder_params``.
+    """
+    steps = int(config.ka_autoencoder_steps)
+    host = par.unreplicate(state)
+    ae_state = train_state.TrainState.create(
+        apply_fn=distillation.autoencoder.apply,
+        params=host.autoencoder_params,
+        tx=optax.adam(float(config.ka_autoencoder_learning_rate)),
+    )
+    ae_state = par.put_state(ae_state)
+    kw = {"distillation": distillation, "global_batch_size": config.batch_size}
+    step_fn = par.compile(
+        functools.partial(distillation_lib.autoencoder_step, **kw), donate_state=True
+    )
+    eval_fn = par.compile(functools.partial(distillation_lib.autoencoder_eval, **kw))
+    it = _train_iterator(config, source, par, num_classes, seed=config.seed + 1, start_step=0)
+    held_out = par.shard_batch(next(it))
+    writer = MetricWriter(
+        workdir / "autoencoder",
+        resume_step=0,
+        active=jax.process_index() == 0,
+        curves_on_close=bool(config.write_curves),
+    )
+
+    def log_eval(step):
+        loss = float(par.host(eval_fn(ae_state.params, held_out, teacher_params)))
+        writer.write_scalars(step, {"reconstruction_loss": loss}, split="eval")
+        logging.info("auto-encoder %d/%d: held-out reconstruction loss %.6g", step, steps, loss)
+
+    try:
+        log_eval(0)
+        for step in range(steps):
+            ae_state, m = step_fn(ae_state, par.shard_batch(next(it)), teacher_params)
+            if (step + 1) % config.log_every_steps == 0 or step + 1 == steps:
+                loss = float(par.host(m)["reconstruction_loss"])
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"auto-encoder stage: non-finite loss at step {step}")
+                writer.write_scalars(step + 1, {"reconstruction_loss": loss}, split="train")
+        log_eval(steps)
+    finally:
+        writer.close()
+    return state.replace(autoencoder_params=ae_state.params)
+
+
 def _train(config, workdir: pathlib.Path, ckpt: Checkpointer) -> dict:
     is_main = jax.process_index() == 0
     data_dir = resolve_data_dir(config)
@@ -725,10 +938,13 @@ def _train(config, workdir: pathlib.Path, ckpt: Checkpointer) -> dict:
         start_step = int(state.step)
         logging.info("resumed %s at step %d", workdir, start_step)
     state = par.put_state(state)
-    if config.vtce_weight > 0 and teacher_params is not None:
+    distillation = None
+    if teacher_model is not None:
+        distillation = distillation_lib.make_distillation(config, teacher_model)
+    if distillation is not None and distillation.any_term:
         teacher_params = par.put_state(teacher_params)  # the frozen teacher, on every device
-    else:  # baseline, teacher, or BL+PS (vtce_weight=0): no teacher in the step
-        teacher_model, teacher_params = None, None
+    else:  # baseline, teacher, or BL+PS (no distillation term): no teacher in the step
+        distillation, teacher_params = None, None
 
     model = make_model(config, num_classes)
     lr_fn = make_learning_rate_fn(config)
@@ -739,9 +955,7 @@ def _train(config, workdir: pathlib.Path, ckpt: Checkpointer) -> dict:
             num_classes=num_classes,
             use_depth=use_depth,
             learning_rate_fn=lr_fn,
-            teacher_model=teacher_model,
-            vtce_weight=float(config.vtce_weight),
-            beta=float(config.beta),
+            distillation=distillation,
             num_train_images=len(train_source),
             global_batch_size=config.batch_size,
         ),
@@ -758,20 +972,8 @@ def _train(config, workdir: pathlib.Path, ckpt: Checkpointer) -> dict:
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
-    train_iter = input_pipeline.create_train_iterator(
-        train_source,
-        batch_size=config.batch_size,
-        crop_size=tuple(config.crop_size),
-        num_classes=num_classes,
-        seed=config.seed,
-        start_step=start_step,
-        num_devices=par.pipeline_num_devices,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        scale_range=tuple(config.scale_range),
-        flip_prob=config.flip_prob,
-        color_jitter=config.color_jitter,
-        num_workers=config.num_workers,
+    train_iter = _train_iterator(
+        config, train_source, par, num_classes, seed=config.seed, start_step=start_step
     )
 
     total = config.num_train_steps
@@ -780,6 +982,10 @@ def _train(config, workdir: pathlib.Path, ckpt: Checkpointer) -> dict:
         workdir, resume_step=start_step, active=is_main, curves_on_close=bool(config.write_curves)
     )
     try:
+        if start_step == 0 and distillation is not None and distillation.uses_autoencoder:
+            state = _pretrain_autoencoder(
+                config, state, distillation, teacher_params, train_source, par, num_classes, workdir
+            )
         from tqdm import tqdm
 
         bar = tqdm(
@@ -807,10 +1013,7 @@ def _train(config, workdir: pathlib.Path, ckpt: Checkpointer) -> dict:
                 now = time.perf_counter()
                 ips = (new_step - last_step) * config.batch_size / max(now - last_time, 1e-9)
                 last_time, last_step = now, new_step
-                scalars = {
-                    k: float(m[k])
-                    for k in ("loss", "ce_loss", "vtce_loss", "temperature", "lr", "grad_norm")
-                }
+                scalars = {k: float(v) for k, v in m.items() if k not in _NOT_LOGGED}
                 scalars["images_per_sec"] = ips
                 writer.write_scalars(new_step, scalars, split="train")
                 bar.set_postfix(

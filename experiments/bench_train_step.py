@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from drd_jax import train
+from drd_jax import distillation, train
 from experiments.configs import base
 
 _WIDTH = flags.DEFINE_float("width", 1.0, "Width multiplier of DeepLab-VGG16 (1 = full).")
@@ -85,8 +85,9 @@ def _program(mode: str, *, teacher_params=None, teacher_model=None):
         num_classes=k,
         use_depth=mode == "teacher",
         learning_rate_fn=train.make_learning_rate_fn(config),
-        teacher_model=teacher_model,
-        vtce_weight=1.0 if teacher_model is not None else 0.0,
+        distillation=None
+        if teacher_model is None
+        else distillation.Distillation(teacher_model=teacher_model, vtce_weight=1.0),
         num_train_images=1000,
         global_batch_size=_BATCH.value,
     )

@@ -16,7 +16,14 @@ BL+PS              student    teacher   CE             TN (parameter sharing onl
 * (ImageNet)       as above   imagenet  as above       TN (ImageNet) for SN (ImageNet)
 TN α=a             teacher    scratch   CE (RGB-D)     -, with config.alpha = a
 SN β=b             student    teacher   CE + VTCE      TN, with config.beta = b
+BL+m, BL+PS+m      student    scratch,  CE + method m  TN (table 'kd': the other distillation
+                              teacher                  methods; see KD_METHODS)
 =================  =========  ========  =============  ====================================
+
+Table ``kd`` puts the seed papers' distillation methods next to VTCE on the same teacher, each
+with parameter sharing off (``BL+m``) and on (``BL+PS+m``); ``BL``, ``BL+PS``, ``BL+VTCE`` and
+``BL+PS+VTCE`` are Table 3's runs. A method's weights are the base config's where they are > 0,
+else the upstream ones (``UPSTREAM_KD_WEIGHTS``).
 """
 
 from __future__ import annotations
@@ -25,20 +32,51 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["ALPHAS", "BETAS", "TABLES", "Row", "Run", "runs_in_order", "table_rows"]
+__all__ = [
+    "ALPHAS",
+    "BETAS",
+    "KD_METHODS",
+    "TABLES",
+    "UPSTREAM_KD_WEIGHTS",
+    "Row",
+    "Run",
+    "runs_in_order",
+    "table_rows",
+]
 
-TABLES = ("1", "3", "4")
+TABLES = ("1", "3", "4", "kd")
+# Loss weights of the seed papers' code: Structured KD (pixel 10, pair 0.5, holistic 0.1) and a
+# public Knowledge Adaptation port (adaptation 50); affinity 1.
+UPSTREAM_KD_WEIGHTS = {
+    "pixel_kd_weight": 10.0,
+    "pair_kd_weight": 0.5,
+    "holistic_kd_weight": 0.1,
+    "adaptation_weight": 50.0,
+    "affinity_weight": 1.0,
+}
+# Table 'kd': method label -> the weight fields it switches on (run key: kd_<label lower>).
+KD_METHODS = {
+    "pixel": ("pixel_kd_weight",),
+    "pair": ("pair_kd_weight",),
+    "holistic": ("holistic_kd_weight",),
+    "SKD": ("pixel_kd_weight", "pair_kd_weight", "holistic_kd_weight"),
+    "KA": ("adaptation_weight", "affinity_weight"),
+    "affinity": ("affinity_weight",),
+}
 ALPHAS = (0.1, 7.0, 8.3, 10.0, 15.0)  # paper Table 4
 BETAS = (1.0, 0.9, 0.5, 0.3, 0.1)
 
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """One training run: ``overrides`` of the base config; ``teacher`` is another run's key."""
+    """One training run: ``overrides`` of the base config; ``teacher`` is another run's key
+    (``teacher_run`` that run, so a table whose rows do not include the teacher still trains it).
+    """
 
     key: str
     overrides: Mapping[str, Any]
     teacher: str | None = None
+    teacher_run: Run | None = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def input(self) -> str:
@@ -59,8 +97,11 @@ def _number(x: float) -> str:
     return f"{x:g}"
 
 
-def _runs(alpha: float, beta: float, vtce_weight: float) -> dict[str, Run]:
+def _runs(
+    alpha: float, beta: float, vtce_weight: float, kd_weights: Mapping[str, float]
+) -> dict[str, Run]:
     vtce = float(vtce_weight) or 1.0  # the base config's VTCE weight (0 in a base would mean BL+PS)
+    weights = {k: float(kd_weights.get(k) or v) for k, v in UPSTREAM_KD_WEIGHTS.items()}
     runs = [
         Run("bl", {"mode": "baseline", "init": "scratch"}),
         Run("tn", {"mode": "teacher", "init": "scratch"}),
@@ -75,6 +116,11 @@ def _runs(alpha: float, beta: float, vtce_weight: float) -> dict[str, Run]:
             "tn_imagenet",
         ),
     ]
+    for method, fields in KD_METHODS.items():
+        for init, suffix in (("scratch", ""), ("teacher", "_ps")):
+            overrides = {"mode": "student", "init": init, "vtce_weight": 0.0}
+            overrides.update({f: weights[f] for f in fields})
+            runs.append(Run(f"kd_{method.lower()}{suffix}", overrides, "tn"))
     for a in ALPHAS:
         if a != alpha:
             runs.append(
@@ -89,17 +135,30 @@ def _runs(alpha: float, beta: float, vtce_weight: float) -> dict[str, Run]:
                     "tn",
                 )
             )
-    return {r.key: r for r in runs}
+    by_key = {r.key: r for r in runs}
+    return {
+        r.key: dataclasses.replace(r, teacher_run=by_key[r.teacher]) if r.teacher else r
+        for r in runs
+    }
 
 
 def table_rows(
-    table: str, *, alpha: float, beta: float, vtce_weight: float = 1.0, imagenet: bool = False
+    table: str,
+    *,
+    alpha: float,
+    beta: float,
+    vtce_weight: float = 1.0,
+    imagenet: bool = False,
+    kd_weights: Mapping[str, float] | None = None,
+    kd_methods: Iterable[str] | None = None,
 ) -> list[Row]:
-    """The rows of paper table ``table`` ('1', '3' or '4') for a base config's α, β, VTCE weight.
+    """The rows of table ``table`` ('1', '3', '4' or 'kd') for a base config's α, β, weights.
 
     Table 1 has the ImageNet-initialised rows only with ``imagenet=True`` (VGG16 weights given).
+    ``kd_weights``: the base config's ``UPSTREAM_KD_WEIGHTS`` fields (0 or missing = upstream).
+    ``kd_methods``: the ``KD_METHODS`` in table 'kd' (default all; VTCE and CE are always there).
     """
-    runs = _runs(alpha, beta, vtce_weight)
+    runs = _runs(alpha, beta, vtce_weight, kd_weights or {})
     tn_alpha = {a: runs["tn" if a == alpha else f"tn_alpha{_number(a)}"] for a in ALPHAS}
     sn_beta = {b: runs["sn" if b == beta else f"sn_beta{_number(b)}"] for b in BETAS}
     if table == "1":
@@ -131,13 +190,37 @@ def table_rows(
         return [Row("4", f"TN α={_number(a)}", tn_alpha[a], "α (teacher)") for a in ALPHAS] + [
             Row("4", f"SN β={_number(b)}", sn_beta[b], "β (student)") for b in BETAS
         ]
+    if table == "kd":
+        rows = [
+            Row("kd", name, runs[key], group)
+            for name, key, group in (
+                ("BL", "bl", "CE"),
+                ("BL+PS", "bl_ps", "CE"),
+                ("BL+VTCE", "bl_vtce", "VTCE"),
+                ("BL+PS+VTCE", "sn", "VTCE"),
+            )
+        ]
+        methods = list(KD_METHODS) if kd_methods is None else list(kd_methods)
+        unknown = [m for m in methods if m not in KD_METHODS]
+        if unknown:
+            raise ValueError(f"unknown distillation methods {unknown}; expected {list(KD_METHODS)}")
+        for method in methods:
+            key = f"kd_{method.lower()}"
+            rows += [
+                Row("kd", f"BL+{method}", runs[key], method),
+                Row("kd", f"BL+PS+{method}", runs[f"{key}_ps"], method),
+            ]
+        return rows
     raise ValueError(f"unknown table {table!r}; expected one of {TABLES}")
 
 
 def runs_in_order(rows: Iterable[Row]) -> list[Run]:
-    """The distinct runs of ``rows``, every teacher before its students (first-seen order)."""
+    """The distinct runs of ``rows`` and their teachers (also when no row shows the teacher, as in
+    Table 3), every teacher before its students (first-seen order)."""
     runs: dict[str, Run] = {}
     for row in rows:
+        if row.run.teacher_run is not None:
+            runs.setdefault(row.run.teacher, row.run.teacher_run)
         runs.setdefault(row.run.key, row.run)
     # Teachers are never students, so one pass suffices: runs without a teacher first.
     return [r for r in runs.values() if r.teacher is None] + [

@@ -5,12 +5,17 @@ r"""Reproduce the paper's tables: train the runs a table needs, then put ours be
     python -m experiments.reproduce --config=experiments/configs/synthetic.py:demo \
         --workdir=results/demo --table=1,3          # what `make demo` runs
     python -m experiments.reproduce --config=... --workdir=... --table=4 --config.width=0.5
+    python -m experiments.reproduce --config=experiments/configs/synthetic.py:demo \
+        --workdir=results/demo --table=kd           # the other distillation methods
 
 ``--table``: ``1`` (BL / TN / SN; with ``--config.pretrained_path=<VGG16 weights>`` also the
-ImageNet-initialised rows), ``3`` (BL, BL+VTCE, BL+PS, BL+PS+VTCE), ``4`` (α and β sweeps), or a
-comma-separated list. The runs (see ``experiments/protocols.py``) are trained one after another in
-``<workdir>/runs/<key>/`` with ``drd_jax.train.train_and_evaluate``, teachers first; rows that are
-the same experiment share one run. A run whose ``final_metrics.json`` matches its config is reused,
+ImageNet-initialised rows), ``3`` (BL, BL+VTCE, BL+PS, BL+PS+VTCE), ``4`` (α and β sweeps),
+``kd`` (the seed papers' distillation methods next to VTCE: pixel-wise, pair-wise, holistic and
+all three (SKD), knowledge adaptation (KA: adaptation + affinity) and affinity alone, each with
+parameter sharing off and on, on the same teacher), or a comma-separated list. The runs (see
+``experiments/protocols.py``) are trained one after another in ``<workdir>/runs/<key>/`` with
+``drd_jax.train.train_and_evaluate``, teachers first; rows that are the same experiment share one
+run. A run whose ``final_metrics.json`` matches its config is reused,
 an interrupted one resumes, so rerunning the same command after a crash finishes the job.
 The base config's own ``mode``/``init``/``teacher_workdir`` are replaced per run.
 
@@ -36,7 +41,14 @@ from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the experiment (runs/, results).")
-_TABLE = flags.DEFINE_string("table", "1", "Paper table(s): 1, 3, 4, or a comma list like 1,3.")
+_TABLE = flags.DEFINE_string(
+    "table", "1", "Table(s): 1, 3, 4 (the paper's), kd (other distillation methods), or e.g. 1,3."
+)
+_KD_METHODS = flags.DEFINE_list(
+    "kd_methods",
+    None,
+    "Table kd: only these methods (of pixel, pair, holistic, SKD, KA, affinity); default all.",
+)
 _FIGURE_IMAGES = flags.DEFINE_integer("figure_images", 4, "Test images shown in fig4.png.")
 _COMPILATION_CACHE = flags.DEFINE_string(
     "compilation_cache",
@@ -63,6 +75,18 @@ def parse_tables(value: str) -> list[str]:
     if not tables or bad:
         raise ValueError(f"--table: expected one or more of {', '.join(TABLES)}, got {value!r}")
     return list(dict.fromkeys(tables))
+
+
+def parse_kd_methods(methods: list[str] | None) -> list[str] | None:
+    """Checks ``--kd_methods`` (None = all); raises ``ValueError`` naming the flag."""
+    from experiments.protocols import KD_METHODS
+
+    if methods is None:
+        return None
+    unknown = [m for m in methods if m not in KD_METHODS]
+    if unknown or not methods:
+        raise ValueError(f"--kd_methods: expected some of {list(KD_METHODS)}, got {methods}")
+    return list(methods)
 
 
 def run_config(base: ml_collections.ConfigDict, run, runs_dir: pathlib.Path):
@@ -144,7 +168,7 @@ def markdown(summary: dict, *, dataset: str, steps: int, width: float) -> str:
             head += [f"paper mPA ({d})", f"paper mIoU ({d})"]
         out += [
             "",
-            f"## Table {table}",
+            f"## Table {table}" if table != "kd" else "## Distillation methods (table kd)",
             "",
             "| " + " | ".join(head) + " |",
             "|" + "---|" * len(head),
@@ -169,9 +193,17 @@ def markdown(summary: dict, *, dataset: str, steps: int, width: float) -> str:
 
 
 def reproduce(
-    config: ml_collections.ConfigDict, workdir, tables: list[str], *, figure_images: int = 4
+    config: ml_collections.ConfigDict,
+    workdir,
+    tables: list[str],
+    *,
+    figure_images: int = 4,
+    kd_methods: list[str] | None = None,
 ) -> dict:
-    """Trains (or reuses) every run of ``tables`` and writes the results; returns the summary."""
+    """Trains (or reuses) every run of ``tables`` and writes the results; returns the summary.
+
+    ``kd_methods``: table kd's methods (``protocols.KD_METHODS`` keys; default all).
+    """
     from drd_jax import input_pipeline, train
     from drd_jax.files import atomic_write_text
     from experiments import figures, protocols
@@ -187,6 +219,8 @@ def reproduce(
             beta=float(config.beta),
             vtce_weight=float(config.vtce_weight),
             imagenet=bool(config.pretrained_path),
+            kd_weights={k: float(config[k]) for k in protocols.UPSTREAM_KD_WEIGHTS},
+            kd_methods=kd_methods,
         )
     ]
     started = time.perf_counter()
@@ -242,6 +276,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
         tables = parse_tables(_TABLE.value)
+        parse_kd_methods(_KD_METHODS.value)
     except ValueError as e:
         raise app.UsageError(str(e)) from e
     cache = _COMPILATION_CACHE.value
@@ -252,7 +287,13 @@ def main(argv):
             cache = str(pathlib.Path(_WORKDIR.value).expanduser().absolute() / "jax_cache")
         jax.config.update("jax_compilation_cache_dir", cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    reproduce(FLAGS.config, _WORKDIR.value, tables, figure_images=_FIGURE_IMAGES.value)
+    reproduce(
+        FLAGS.config,
+        _WORKDIR.value,
+        tables,
+        figure_images=_FIGURE_IMAGES.value,
+        kd_methods=_KD_METHODS.value,
+    )
 
 
 if __name__ == "__main__":

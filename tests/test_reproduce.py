@@ -49,6 +49,41 @@ def test_the_ablation_rows_are_the_paper_settings():
     assert imagenet["TN (ImageNet)"].overrides == {"mode": "teacher", "init": "imagenet"}
 
 
+def test_the_kd_table_has_every_method_with_and_without_parameter_sharing():
+    kd = rows("kd")
+    labels = [r.label for r in kd]
+    assert labels[:4] == ["BL", "BL+PS", "BL+VTCE", "BL+PS+VTCE"]
+    assert [r.run.key for r in kd[:4]] == ["bl", "bl_ps", "bl_vtce", "sn"]  # Table 3's runs
+    by_label = {r.label: r.run for r in kd}
+    for method in ("pixel", "pair", "holistic", "SKD", "KA", "affinity"):
+        scratch, shared = by_label[f"BL+{method}"], by_label[f"BL+PS+{method}"]
+        assert scratch.overrides["init"] == "scratch" and shared.overrides["init"] == "teacher"
+        assert scratch.teacher == shared.teacher == "tn"
+        assert scratch.overrides["vtce_weight"] == shared.overrides["vtce_weight"] == 0.0
+    assert by_label["BL+pixel"].overrides == {
+        "mode": "student",
+        "init": "scratch",
+        "vtce_weight": 0.0,
+        "pixel_kd_weight": 10.0,
+    }
+    skd = by_label["BL+PS+SKD"].overrides
+    assert (skd["pixel_kd_weight"], skd["pair_kd_weight"], skd["holistic_kd_weight"]) == (
+        10.0,
+        0.5,
+        0.1,
+    )
+    ka = by_label["BL+KA"].overrides
+    assert (ka["adaptation_weight"], ka["affinity_weight"]) == (50.0, 1.0)
+    # A base config's own weight replaces the upstream one; methods can be picked.
+    custom = rows("kd", kd_weights={"pixel_kd_weight": 2.0}, kd_methods=["pixel"])
+    assert [r.label for r in custom][4:] == ["BL+pixel", "BL+PS+pixel"]
+    assert custom[4].run.overrides["pixel_kd_weight"] == 2.0
+    with pytest.raises(ValueError, match="distillation methods"):
+        rows("kd", kd_methods=["CWD"])
+    with pytest.raises(ValueError, match="--kd_methods"):
+        reproduce.parse_kd_methods(["pixel", "cwd"])
+
+
 def test_runs_in_order_puts_teachers_first_and_dedups():
     order = protocols.runs_in_order(rows("3") + rows("1") + rows("4"))
     keys = [r.key for r in order]
@@ -57,6 +92,10 @@ def test_runs_in_order_puts_teachers_first_and_dedups():
         if run.teacher:
             assert keys.index(run.teacher) < i
     assert set(keys) >= {"bl", "tn", "sn", "bl_vtce", "bl_ps", "tn_alpha0.1", "sn_beta1"}
+    # Table 3 and table kd show no teacher row, but their students need one: it is trained first.
+    for table in ("3", "kd"):
+        keys = [r.key for r in protocols.runs_in_order(rows(table))]
+        assert keys[:2] == ["bl", "tn"] and keys.count("tn") == 1
 
 
 def test_unknown_table_is_refused():
@@ -157,3 +196,38 @@ def test_a_changed_config_is_not_silently_reused(table1, data_dir):
     config.learning_rate = 5e-4  # every run's config differs from the stored ones
     with pytest.raises(ValueError, match="config"):
         reproduce.reproduce(config, workdir, ["1"], figure_images=0)
+
+
+def test_the_kd_table_trains_the_methods_on_the_same_teacher(table1, data_dir):
+    workdir, first = table1
+    summary = reproduce.reproduce(
+        tiny(data_dir), workdir, ["kd"], figure_images=0, kd_methods=["pixel"]
+    )
+    entries = summary["tables"]["kd"]
+    assert [e["row"] for e in entries] == [
+        "BL",
+        "BL+PS",
+        "BL+VTCE",
+        "BL+PS+VTCE",
+        "BL+pixel",
+        "BL+PS+pixel",
+    ]
+    runs = summary["runs"]
+    assert all(runs[k]["reused"] for k in ("bl", "tn", "sn", "bl_ps", "bl_vtce"))
+    assert not runs["kd_pixel"]["reused"] and not runs["kd_pixel_ps"]["reused"]
+    for key in ("kd_pixel", "kd_pixel_ps"):
+        config = train.read_run_config(workdir / "runs" / key)[0]
+        assert config.pixel_kd_weight == 10.0 and config.vtce_weight == 0.0
+        assert pathlib.Path(config.teacher_workdir) == workdir / "runs" / "tn"
+        history = [
+            json.loads(line)
+            for line in (workdir / "runs" / key / "metrics.jsonl").read_text().splitlines()
+        ]
+        kd = [h["scalars"]["pixel_kd_loss"] for h in history if h["split"] == "train"]
+        assert kd and all(np.isfinite(kd)) and min(kd) > 0
+    for e in entries:
+        final = json.loads((workdir / "runs" / e["run"] / "final_metrics.json").read_text())
+        assert e["ours"]["mean_iou"] == pytest.approx(100 * final["mean_iou"])
+        assert e["paper"] == {}
+    md = (workdir / "results.md").read_text()
+    assert "## Distillation methods (table kd)" in md and "| BL+PS+pixel | RGB |" in md

@@ -17,6 +17,11 @@ Layout (output stride 8)::
 
 Depth travels with the features: every stride-2 pooling resizes it with ``ops.pool_depth`` (mean of
 the valid pixels in the window by default, window-centre 'nearest' as an option).
+
+Intermediate features for feature distillation (pair-wise, affinity, knowledge adaptation) come
+from the same forward pass: the model ``sow``s the ReLU outputs of ``FEATURE_LAYERS`` (before
+dropout) into the ``'features'`` collection, which costs nothing unless the collection is mutable;
+:func:`apply_with_features` returns them next to the logits.
 """
 
 from collections.abc import Sequence
@@ -38,6 +43,11 @@ VGG16_BLOCKS: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = (
 )
 FC_WIDTH = 1024
 DEPTH_AWARE_LAYER_CHOICES = ("all", "block_first")
+FEATURE_COLLECTION = "features"
+# Layers whose (post-ReLU, pre-dropout) outputs are sown: stride 8, 512 / 1024 / 1024 channels at
+# full width.
+FEATURE_LAYERS = ("conv5_3", "fc6", "fc7")
+_SOWN_SUFFIX = "_out"  # sown as '<layer>_out' (a sown name may not be a submodule's name)
 _MAX_POOL_PAD = ((1, 1), (1, 1))
 
 
@@ -111,6 +121,18 @@ class DeepLabVGG16(nn.Module):
             name=name,
         )
 
+    def _sow_feature(self, layer: str, x: jax.Array) -> None:
+        # Not at init (variables stay {'params'}); the latest value replaces any stored one, so
+        # stale values passed in with the variables are never returned.
+        if not self.is_initializing():
+            self.sow(
+                FEATURE_COLLECTION,
+                layer + _SOWN_SUFFIX,
+                x,
+                init_fn=lambda: None,
+                reduce_fn=lambda _, new: new,
+            )
+
     def _check_inputs(self, image: jax.Array, depth: jax.Array | None) -> jax.Array | None:
         if image.ndim != 4 or image.shape[-1] != 3:
             raise ValueError(f"image must be (N, H, W, 3), got shape {image.shape}")
@@ -160,6 +182,8 @@ class DeepLabVGG16(nn.Module):
             for name, channels in layers:
                 x = self._conv(name, scaled_width(channels, self.width), (3, 3), dilation)(x, depth)
                 x = nn.relu(x)
+                if name in FEATURE_LAYERS:
+                    self._sow_feature(name, x)
             stride = 2 if block in ("1", "2", "3") else 1
             x = nn.max_pool(x, (3, 3), strides=(stride, stride), padding=_MAX_POOL_PAD)
             if stride == 2 and depth is not None:
@@ -179,10 +203,46 @@ class DeepLabVGG16(nn.Module):
                 x = nn.avg_pool(x, (3, 3), padding=_MAX_POOL_PAD, count_include_pad=False)
 
         x = nn.relu(self._conv("fc6", scaled_width(FC_WIDTH, self.width), (3, 3), 12)(x, depth))
+        self._sow_feature("fc6", x)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         x = nn.relu(self._conv("fc7", scaled_width(FC_WIDTH, self.width), (1, 1))(x))
+        self._sow_feature("fc7", x)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         logits = self._conv("fc8", self.num_classes, (1, 1))(x)
         n, h, w, _ = image.shape
         logits = jax.image.resize(logits, (n, h, w, self.num_classes), method="bilinear")
         return logits
+
+
+def feature_channels(layer: str, width: float) -> int:
+    """Channels of the sown feature ``layer`` (one of ``FEATURE_LAYERS``) at ``width``."""
+    if layer not in FEATURE_LAYERS:
+        raise ValueError(f"feature layer must be one of {FEATURE_LAYERS}, got {layer!r}")
+    return scaled_width(512 if layer == "conv5_3" else FC_WIDTH, width)
+
+
+def apply_with_features(
+    apply_fn,
+    variables,
+    image: jax.Array,
+    depth: jax.Array | None = None,
+    *,
+    train: bool = False,
+    rngs=None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """``(logits, features)`` of one forward pass.
+
+    Args:
+      apply_fn: ``model.apply`` of a :class:`DeepLabVGG16` (or a train state's ``apply_fn``).
+      variables, image, depth, train, rngs: as for ``model.apply``.
+
+    Returns:
+      The logits (N, H, W, K) and ``{layer: (N, H/8, W/8, C)}`` for every layer of
+      ``FEATURE_LAYERS`` (post-ReLU, before dropout; spatial size rounded up at each stride-2
+      pooling).
+    """
+    logits, state = apply_fn(
+        variables, image, depth, train=train, rngs=rngs, mutable=[FEATURE_COLLECTION]
+    )
+    sown = state[FEATURE_COLLECTION]
+    return logits, {name: sown[name + _SOWN_SUFFIX] for name in FEATURE_LAYERS}

@@ -32,6 +32,21 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.vtce_weight = 1.0  # student: 0 gives BL+PS (with init='teacher')
     c.beta = 0.9
     c.alpha = 8.3
+    # Other distillation methods (student mode; weight 0 = off; drd_jax/distillation.py). The
+    # upstream weights, for reference: pixel 10, pair 0.5, holistic 0.1 (Structured KD);
+    # adaptation 50 (a public Knowledge Adaptation port); affinity 1.
+    c.pixel_kd_weight = 0.0
+    c.pair_kd_weight = 0.0
+    c.pair_kd_node_scale = 0.5  # node window = this fraction of the feature map (SKD: 0.5)
+    c.holistic_kd_weight = 0.0
+    c.critic_learning_rate = 4e-4  # the holistic loss's WGAN-GP critic (Adam, β = 0.9, 0.99)
+    c.critic_gp_weight = 10.0
+    c.adaptation_weight = 0.0  # knowledge adaptation (auto-encoder codes + student adapter)
+    c.affinity_weight = 0.0  # on the KA codes when adaptation_weight > 0, else on the features
+    c.kd_feature_layer = "fc7"  # 'conv5_3' | 'fc6' | 'fc7': features of the feature losses
+    c.ka_code_features = 256  # auto-encoder code channels (scaled by width)
+    c.ka_autoencoder_steps = 2000  # auto-encoder pre-training steps on the teacher's features
+    c.ka_autoencoder_learning_rate = 1e-3  # Adam
     c.depth_aware_layers = "all"  # 'all' (the paper) | 'block_first' (Depth-aware CNN's choice)
     c.width = 1.0
     c.dropout_rate = 0.5

@@ -43,6 +43,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         c.checkpoint_every_steps = 2
         c.progress_bar = False
         c.write_curves = False
+        c.ka_autoencoder_steps = 3
     elif variant == "demo":
         # `make demo`: every run of Tables 1 and 3 in a few minutes on a 2-core CPU. Adam instead
         # of the paper's SGD, which needs far more than 150 steps at this batch size.
@@ -51,6 +52,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         c.num_train_steps = 150
         c.log_every_steps = 25
         c.checkpoint_every_steps = 50
+        c.ka_autoencoder_steps = 100
     elif variant:
         raise ValueError(f"unknown config variant {variant!r}; use '', 'demo' or 'tiny'")
     return c
