@@ -665,19 +665,19 @@ def affinity_distillation_loss(
 
 
 def knowledge_adaptation_loss(student_adapted: ArrayLike, teacher_code: ArrayLike) -> jax.Array:
-    r"""Knowledge adaptation loss: L1 distance of the L2-normalised codes, per example.
+    r"""Knowledge adaptation loss: mean absolute difference of the L2-normalised codes, per example.
 
     .. math::
-      L_{adapt} = \left\lVert \frac{s}{\max(\lVert s \rVert_2, \epsilon)}
+      L_{adapt} = \frac{1}{HWC} \left\lVert \frac{s}{\max(\lVert s \rVert_2, \epsilon)}
       - \frac{t}{\max(\lVert t \rVert_2, \epsilon)} \right\rVert_1, \qquad \epsilon = 10^{-8}
 
     where s is the student's adapted feature and t the teacher's compressed code (the
-    auto-encoder's output), each flattened over the whole (H, W, C) tensor of an example (as
-    torchdistill's KTAAD port does). The teacher is a constant (``stop_gradient``). The value is
-    in [0, 2·sqrt(HWC)] and 0 when s is a positive multiple of t. torchdistill's ``KTALoss``
-    (p = 1) takes ``l1_loss(..., reduction='mean')``, i.e. additionally divides by H·W·C (and
-    averages the batch), and its KTAAD config weights the term by 50; no weight or element
-    average is applied here.
+    auto-encoder's output), each flattened over the whole (H, W, C) tensor of an example and
+    L2-normalised, as torchdistill's KTAAD port does. The L1 distance is averaged over the H·W·C
+    elements, as that port's ``l1_loss(..., reduction='mean')`` does, so that its weight of 50
+    means the same here (averaging this output over the batch gives the port's value; no weight
+    is applied here). The teacher is a constant (``stop_gradient``). The value is in
+    [0, 2/sqrt(HWC)] and 0 when s is a positive multiple of t.
 
     Args:
       student_adapted: Adapted student features, shape ``(N, H, W, C)``.
@@ -691,8 +691,8 @@ def knowledge_adaptation_loss(student_adapted: ArrayLike, teacher_code: ArrayLik
       >>> from drd_jax.losses import knowledge_adaptation_loss
       >>> student = jnp.array([[[[3.0, 4.0]]]])  # normalised: (0.6, 0.8)
       >>> teacher = jnp.array([[[[2.0, 0.0]]]])  # normalised: (1, 0)
-      >>> print(round(float(knowledge_adaptation_loss(student, teacher)[0]), 4))  # 0.4 + 0.8
-      1.2
+      >>> print(round(float(knowledge_adaptation_loss(student, teacher)[0]), 4))  # (0.4 + 0.8) / 2
+      0.6
 
     References:
       He, Shen, Tian, Gong, Sun and Yan, `Knowledge Adaptation for Efficient Semantic
@@ -711,7 +711,7 @@ def knowledge_adaptation_loss(student_adapted: ArrayLike, teacher_code: ArrayLik
     n = student.shape[0]
     s = _safe_l2_normalize(student.astype(dtype).reshape(n, -1), axis=1)
     t = _safe_l2_normalize(teacher.astype(dtype).reshape(n, -1), axis=1)
-    return jnp.sum(jnp.abs(s - t), axis=1)
+    return jnp.mean(jnp.abs(s - t), axis=1)
 
 
 # ---------------------------------------------------------------------------------------------

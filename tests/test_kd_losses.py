@@ -101,7 +101,7 @@ def _np_knowledge_adaptation(student, teacher):
         s, t = s.ravel(), t.ravel()
         s = s / max(np.linalg.norm(s), 1e-8)
         t = t / max(np.linalg.norm(t), 1e-8)
-        out.append(np.abs(s - t).sum())
+        out.append(np.abs(s - t).sum() / s.size)
     return np.array(out)
 
 
@@ -371,16 +371,17 @@ def test_affinity_distillation_rejects_bad_shapes(s_shape, t_shape, match):
 
 
 def test_knowledge_adaptation_hand_values():
-    # (3, 4) / 5 = (0.6, 0.8) against (1, 0): 0.4 + 0.8.
+    # (3, 4) / 5 = (0.6, 0.8) against (1, 0): (0.4 + 0.8) / 2 elements.
     got = _ka(np.array([[[[3.0, 4.0]]]], np.float32), np.array([[[[2.0, 0.0]]]], np.float32))
-    np.testing.assert_allclose(np.asarray(got), [1.2], rtol=1e-6)
-    # Normalised over the whole (H, W, C) tensor: (1, 0, 0, 1) / sqrt(2) against (0, 0, 0, 1).
+    np.testing.assert_allclose(np.asarray(got), [0.6], rtol=1e-6)
+    # Normalised over the whole (H, W, C) tensor: (1, 0, 0, 1) / sqrt(2) against (0, 0, 0, 1),
+    # averaged over the 4 elements.
     s = np.array([[[[1.0, 0.0], [0.0, 1.0]]]], np.float32)
     t = np.array([[[[0.0, 0.0], [0.0, 2.0]]]], np.float32)
-    want = R + abs(R - 1.0)
+    want = (R + abs(R - 1.0)) / 4
     np.testing.assert_allclose(np.asarray(_ka(s, t)), [want], rtol=1e-6)
-    # An all-zero student normalises to 0: the loss is ||t / ||t|| ||_1 = 1 here.
-    np.testing.assert_allclose(np.asarray(_ka(np.zeros_like(s), t)), [1.0], rtol=1e-6)
+    # An all-zero student normalises to 0: the loss is ||t / ||t|| ||_1 / 4 = 1 / 4 here.
+    np.testing.assert_allclose(np.asarray(_ka(np.zeros_like(s), t)), [0.25], rtol=1e-6)
 
 
 def test_knowledge_adaptation_matches_numpy_and_invariances():
