@@ -5,7 +5,9 @@ A run's ``workdir`` gets::
     <workdir>/metrics.jsonl   one JSON object per line, flushed at every write:
                               {"step": 100, "split": "train", "wall_time": 1.7e9,
                                "scalars": {"loss": 0.53, "lr": 0.01}}
-    <workdir>/tensorboard/    event files (tensorboardX, no TensorFlow); tags are "<split>/<key>"
+    <workdir>/tensorboard/    event files (tensorboardX, no TensorFlow); tags are "<split>/<key>";
+                              written by tensorboardX's background thread: on disk within
+                              ``flush_secs`` (30 s) of a write, and completely at ``close()``
     <workdir>/curves.png      one subplot per scalar key, one line per split (train vs eval),
                               drawn from metrics.jsonl by ``write_curves()`` and at ``close()``
 

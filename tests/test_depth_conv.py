@@ -23,6 +23,8 @@ from drd_jax.ops import (
     window_shifts,
 )
 
+pytestmark = pytest.mark.usefixtures("fast_compile")  # compile-bound: see conftest
+
 ALPHA = 8.3
 DN = ("NHWC", "HWIO", "NHWC")
 

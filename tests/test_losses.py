@@ -23,6 +23,8 @@ from drd_jax.losses import (
     vtce_temperature,
 )
 
+pytestmark = pytest.mark.usefixtures("fast_compile")  # compile-bound: see conftest
+
 LN2 = math.log(2.0)
 
 

@@ -7,6 +7,8 @@ import pytest
 
 from drd_jax.models import DeepLabVGG16, depth_aware_layer_names
 
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 NUM_CLASSES = 5
 TINY = dict(num_classes=NUM_CLASSES, width=1 / 16)
 
