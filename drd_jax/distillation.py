@@ -60,17 +60,30 @@ from drd_jax.models import (
 
 __all__ = [
     "CRITIC_FEATURES",
+    "TERM_WEIGHTS",
     "Distillation",
     "autoencoder_eval",
     "autoencoder_step",
-    "reconstruction_loss",
     "critic_loss",
+    "init_distillation_state",
     "make_distillation",
+    "penalty_weights",
+    "reconstruction_loss",
     "student_distillation_terms",
+    "teacher_outputs",
+    "weighted_sum",
 ]
 
 CRITIC_FEATURES = (64, 128, 256, 512)  # scaled by config.width
-_PSUM = Callable[[Any], Any]
+# The metric of each term -> its ``Distillation`` weight field.
+TERM_WEIGHTS = {
+    "vtce_loss": "vtce_weight",
+    "pixel_kd_loss": "pixel_weight",
+    "pair_kd_loss": "pair_weight",
+    "holistic_kd_loss": "holistic_weight",
+    "adaptation_loss": "adaptation_weight",
+    "affinity_loss": "affinity_weight",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,17 +121,8 @@ class Distillation:
 
     @property
     def any_term(self) -> bool:
-        return any(
-            w > 0
-            for w in (
-                self.vtce_weight,
-                self.pixel_weight,
-                self.pair_weight,
-                self.holistic_weight,
-                self.adaptation_weight,
-                self.affinity_weight,
-            )
-        )
+        """Whether any term is switched on."""
+        return any(getattr(self, field) > 0 for field in TERM_WEIGHTS.values())
 
 
 def distillation_weights(config) -> dict[str, float]:
@@ -288,16 +292,6 @@ def student_distillation_terms(
             pair = (student_features, teacher_features)
         terms["affinity_loss"] = per_image(losses.affinity_distillation_loss(*pair))
     return terms
-
-
-TERM_WEIGHTS = {
-    "vtce_loss": "vtce_weight",
-    "pixel_kd_loss": "pixel_weight",
-    "pair_kd_loss": "pair_weight",
-    "holistic_kd_loss": "holistic_weight",
-    "adaptation_loss": "adaptation_weight",
-    "affinity_loss": "affinity_weight",
-}
 
 
 def weighted_sum(distillation: Distillation, terms: Mapping[str, jax.Array]) -> jax.Array:

@@ -184,18 +184,7 @@ _REQUIRED = (
     "pretrained_path",
     "vtce_weight",
     "beta",
-    "pixel_kd_weight",
-    "pair_kd_weight",
-    "pair_kd_node_scale",
-    "holistic_kd_weight",
-    "critic_learning_rate",
-    "critic_gp_weight",
-    "adaptation_weight",
-    "affinity_weight",
-    "kd_feature_layer",
-    "ka_code_features",
-    "ka_autoencoder_steps",
-    "ka_autoencoder_learning_rate",
+    *KD_FIELDS,
     "alpha",
     "depth_aware_layers",
     "width",
@@ -856,10 +845,9 @@ def _pretrain_autoencoder(
     ``autoencoder_params``.
     """
     steps = int(config.ka_autoencoder_steps)
-    host = par.unreplicate(state)
     ae_state = train_state.TrainState.create(
         apply_fn=distillation.autoencoder.apply,
-        params=host.autoencoder_params,
+        params=par.unreplicate(state.autoencoder_params),
         tx=optax.adam(float(config.ka_autoencoder_learning_rate)),
     )
     ae_state = par.put_state(ae_state)

@@ -40,6 +40,7 @@ __all__ = [
     "UPSTREAM_KD_WEIGHTS",
     "Row",
     "Run",
+    "check_kd_methods",
     "runs_in_order",
     "table_rows",
 ]
@@ -142,6 +143,19 @@ def _runs(
     }
 
 
+def check_kd_methods(methods: Iterable[str] | None) -> list[str]:
+    """``methods`` as a list (None = every ``KD_METHODS`` key); ``ValueError`` on an unknown or
+    empty choice."""
+    methods = list(KD_METHODS) if methods is None else list(methods)
+    unknown = [m for m in methods if m not in KD_METHODS]
+    if unknown or not methods:
+        raise ValueError(
+            f"unknown distillation methods {unknown or methods}; expected some of "
+            f"{list(KD_METHODS)}"
+        )
+    return methods
+
+
 def table_rows(
     table: str,
     *,
@@ -200,11 +214,7 @@ def table_rows(
                 ("BL+PS+VTCE", "sn", "VTCE"),
             )
         ]
-        methods = list(KD_METHODS) if kd_methods is None else list(kd_methods)
-        unknown = [m for m in methods if m not in KD_METHODS]
-        if unknown:
-            raise ValueError(f"unknown distillation methods {unknown}; expected {list(KD_METHODS)}")
-        for method in methods:
+        for method in check_kd_methods(kd_methods):
             key = f"kd_{method.lower()}"
             rows += [
                 Row("kd", f"BL+{method}", runs[key], method),

@@ -79,14 +79,14 @@ def parse_tables(value: str) -> list[str]:
 
 def parse_kd_methods(methods: list[str] | None) -> list[str] | None:
     """Checks ``--kd_methods`` (None = all); raises ``ValueError`` naming the flag."""
-    from experiments.protocols import KD_METHODS
+    from experiments.protocols import check_kd_methods
 
     if methods is None:
         return None
-    unknown = [m for m in methods if m not in KD_METHODS]
-    if unknown or not methods:
-        raise ValueError(f"--kd_methods: expected some of {list(KD_METHODS)}, got {methods}")
-    return list(methods)
+    try:
+        return check_kd_methods(methods)
+    except ValueError as e:
+        raise ValueError(f"--kd_methods: {e}") from e
 
 
 def run_config(base: ml_collections.ConfigDict, run, runs_dir: pathlib.Path):

@@ -218,7 +218,8 @@ def feature_channels(layer: str, width: float) -> int:
     """Channels of the sown feature ``layer`` (one of ``FEATURE_LAYERS``) at ``width``."""
     if layer not in FEATURE_LAYERS:
         raise ValueError(f"feature layer must be one of {FEATURE_LAYERS}, got {layer!r}")
-    return scaled_width(512 if layer == "conv5_3" else FC_WIDTH, width)
+    channels = dict(VGG16_BLOCKS[-1][1]).get(layer, FC_WIDTH)  # conv5_3, else fc6 / fc7
+    return scaled_width(channels, width)
 
 
 def apply_with_features(
