@@ -4,6 +4,7 @@ Expected values are written with ``math`` from the formulas, never by calling th
 """
 
 import doctest
+import functools
 import math
 
 import jax
@@ -221,6 +222,135 @@ def test_vtce_underflowed_schedule_temperature_is_finite():
     val, grad = jax.jit(jax.value_and_grad(lambda s: vtce_loss(s, zt, temperature=t).sum()))(zs)
     assert np.isfinite(float(val))
     assert np.all(np.isfinite(np.asarray(grad)))
+
+
+# The temperatures of the paper's schedule (β = 0.9): 0.4 at epoch 0, 1e-31 at epoch 13, 1.1e-36 at
+# 14, a subnormal at 15 and 0 (float32 underflow) from 16; and the scales of the cotangent that
+# reaches the loss in a training step (the loss weight times 1/valid pixels, or smaller).
+TEMPERATURE_GRID = (1.0, 0.4, 1e-4, 1e-20, 1e-31, 1e-34, 1e-36, 3e-40, 0.0)
+UPSTREAM_SCALES = (1.0, 1e-5, 1e-8)
+_GRID_SHAPE = (8, 96, 128, 6)  # the issue's reproduction: about 1e5 pixels, 6 classes
+
+
+def _softmax64(z, t):
+    """softmax(z / t) in float64; for t = 0 the limit (tied maxima share equally)."""
+    z = np.asarray(z, np.float64)
+    d = z - z.max(-1, keepdims=True)
+    if t == 0.0:
+        top = (d == 0.0).astype(np.float64)
+        return top / top.sum(-1, keepdims=True)
+    e = np.exp(d / t)
+    return e / e.sum(-1, keepdims=True)
+
+
+def _vtce64(zs, zt, t):
+    """VTCE per pixel in float64: T·logsumexp(d_s / T) − Σ q^t d_s (its T → 0 limit for t = 0)."""
+    zs = np.asarray(zs, np.float64)
+    ds = zs - zs.max(-1, keepdims=True)
+    tail = 0.0
+    if t > 0.0:
+        s = ds / t
+        tail = t * np.log(np.exp(s).sum(-1))
+    return tail - (_softmax64(zt, t) * ds).sum(-1)
+
+
+@functools.cache
+def _grid_case():
+    """Student/teacher logits ~ N(0, 4²) of ``_GRID_SHAPE`` and a mask with ~10 % void pixels."""
+    zs = _random_logits(40, _GRID_SHAPE, scale=4.0)
+    zt = _random_logits(41, _GRID_SHAPE, scale=4.0)
+    valid = _random_mask(42, _GRID_SHAPE[:-1], 0.9)
+    return zs, zt, valid
+
+
+def _training_reduction(loss_fn):
+    """``(value, grad)`` of ``scale · Σ loss(where=valid) / #valid`` w.r.t. the student logits,
+    jitted: the reduction of ``train_step`` (global valid-pixel mean, times the term's weight)."""
+
+    def reduced(zs, zt, valid, t, scale):
+        per_pixel = loss_fn(zs, zt, temperature=t, where=valid)
+        count = jnp.maximum(jnp.sum(valid, dtype=jnp.int32), 1).astype(jnp.float32)
+        return scale * jnp.sum(per_pixel) / count
+
+    return jax.jit(jax.value_and_grad(reduced))
+
+
+_vtce_value_and_grad = _training_reduction(vtce_loss)
+_kd_value_and_grad = _training_reduction(pixelwise_kd_loss)
+
+
+@pytest.mark.parametrize("scale", UPSTREAM_SCALES)
+@pytest.mark.parametrize("t", TEMPERATURE_GRID)
+def test_vtce_value_and_gradient_match_closed_form_on_the_schedule_grid(t, scale):
+    """The gradient is scale · (q^s − q^t) / #valid on valid pixels and 0 on void ones, at every
+    temperature of the schedule, including T·(tiny cotangent) products that underflow."""
+    zs, zt, valid = _grid_case()
+    value, grad = _vtce_value_and_grad(zs, zt, valid, jnp.float32(t), jnp.float32(scale))
+    count = valid.sum()
+    want_grad = scale * (_softmax64(zs, t) - _softmax64(zt, t)) * valid[..., None] / count
+    got = np.asarray(grad, np.float64)
+    assert np.all(np.isfinite(got))
+    # Relative to the largest entry: near T = 1e-4 a few pixels have classes within 1e-4 of each
+    # other, where float32 logits shift q by ~1e-3; everywhere else the agreement is ~1e-7.
+    err = np.abs(got - want_grad).max() / np.abs(want_grad).max()
+    assert err < 2e-3, (t, scale, err)
+    want_value = scale * _vtce64(zs, zt, t)[valid].mean()
+    np.testing.assert_allclose(float(value), want_value, rtol=1e-4)
+
+
+@pytest.mark.parametrize("t", TEMPERATURE_GRID)
+def test_vtce_bfloat16_logits_value_and_gradient_on_the_schedule_grid(t):
+    """bfloat16 logits (e.g. a bf16 network): computed in float32, the gradient comes back in
+    bfloat16 and equals the closed form of the bf16-rounded logits up to bf16 rounding."""
+    zs, zt, valid = _grid_case()
+    zs, zt = zs.astype(jnp.bfloat16), zt.astype(jnp.bfloat16)  # many ties between classes now
+    for scale in (1.0, 1e-8):
+        value, grad = _vtce_value_and_grad(zs, zt, valid, jnp.float32(t), jnp.float32(scale))
+        assert grad.dtype == jnp.bfloat16
+        zs32, zt32 = np.asarray(zs, np.float32), np.asarray(zt, np.float32)
+        want = scale * (_softmax64(zs32, t) - _softmax64(zt32, t)) * valid[..., None] / valid.sum()
+        got = np.asarray(grad, np.float64)
+        assert np.all(np.isfinite(got))
+        assert np.abs(got - want).max() / np.abs(want).max() < 1e-2, (t, scale)
+        want_value = scale * _vtce64(zs32, zt32, t)[valid].mean()
+        np.testing.assert_allclose(float(value), want_value, rtol=1e-4)
+
+
+@pytest.mark.parametrize("scale", UPSTREAM_SCALES)
+@pytest.mark.parametrize("t", [t for t in TEMPERATURE_GRID if t >= 1e-36])
+def test_kd_gradient_matches_closed_form_at_small_temperatures(t, scale):
+    """Pixel-wise KD's gradient scale · (p^s − p^t) / (T · #valid) stays exact down to T = 1e-36
+    (it is huge there, as it should be; T must be > 0 for this loss)."""
+    zs, zt, valid = _grid_case()
+    _, grad = _kd_value_and_grad(zs, zt, valid, jnp.float32(t), jnp.float32(scale))
+    want = (scale / t) * (_softmax64(zs, t) - _softmax64(zt, t)) * valid[..., None] / valid.sum()
+    got = np.asarray(grad, np.float64)
+    assert np.all(np.isfinite(got))
+    assert np.abs(got - want).max() / np.abs(want).max() < 2e-3, (t, scale)
+
+
+def test_tempered_log_softmax_derivative_has_no_temperature_factor():
+    """d(T log q_i)/dz_j = δ_ij − q_j exactly, forward and reverse mode, at T = 0.5 and 1e-36
+    under a cotangent of 1e-12 (its product with T would underflow)."""
+    z = _random_logits(43, (5,), scale=2.0)
+    for t in (0.5, 1e-36):
+        q = _softmax64(z, t)
+        jac = np.eye(5) - q[None, :]
+        rev = jax.jacrev(lambda x, t=t: tempered_log_softmax(x, temperature=t)[1])(z)
+        fwd = jax.jacfwd(lambda x, t=t: tempered_log_softmax(x, temperature=t)[1])(z)
+        np.testing.assert_allclose(np.asarray(rev), jac, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(fwd), jac, atol=1e-6)
+        _, vjp = jax.vjp(lambda x, t=t: tempered_log_softmax(x, temperature=t)[1], z)
+        (g,) = vjp(jnp.full((5,), 1e-12, jnp.float32))
+        np.testing.assert_allclose(np.asarray(g), 1e-12 * (1.0 - 5.0 * q), rtol=1e-5, atol=1e-19)
+
+
+def test_losses_give_the_temperature_no_gradient():
+    zs = _random_logits(44, (3, 4))
+    zt = _random_logits(45, (3, 4))
+    for loss in (vtce_loss, pixelwise_kd_loss):
+        g = jax.grad(lambda t, loss=loss: loss(zs, zt, temperature=t).sum())(0.7)
+        assert float(g) == 0.0
 
 
 def test_vtce_rejects_negative_temperature_and_shape_mismatch():

@@ -166,6 +166,53 @@ def test_student_shares_teacher_params_and_adds_vtce(teacher_run, data_dir, tmp_
         assert s["temperature"] == pytest.approx(math.exp(-0.9), rel=1e-5)  # epoch 0 and 1
 
 
+def test_student_trains_through_the_vanishing_temperature(teacher_run, data_dir, tmp_path):
+    """The paper's schedule reaches T ≈ 1e-31 at epoch 13, 1.1e-36 at 14, a subnormal at 15 and
+    0 from 16. With one step per epoch (batch = the 16 training images) a student gets there in
+    16 steps; after 40 more at a constant learning rate it must be finite, with logits no larger
+    than those of the same student trained with CE alone. (With the gradient that dropped q^s
+    below T ≈ 1e-30, the logits grew every step and this run blew up near step 48.)"""
+    teacher_dir, _ = teacher_run
+
+    def student(vtce_weight):
+        c = tiny(
+            data_dir,
+            mode="student",
+            init="teacher",
+            teacher_workdir=str(teacher_dir),
+            vtce_weight=vtce_weight,
+            batch_size=16,
+            num_train_steps=56,
+            lr_power=0.0,
+            checkpoint_every_steps=56,
+            dropout_rate=0.0,
+        )
+        workdir = tmp_path / f"vtce_{vtce_weight}"
+        result = train.train_and_evaluate(c, workdir)
+        records = [r for r in read_jsonl(workdir / "metrics.jsonl") if r["split"] == "train"]
+        return c, result, [r["scalars"] for r in records], train.load_run(workdir).params
+
+    c, result, scalars, params = student(1.0)
+    assert math.isfinite(result["mean_iou"])
+    assert len(scalars) == 56
+    temperatures = [s["temperature"] for s in scalars]  # of steps (= epochs) 0..55
+    assert temperatures[13] == pytest.approx(math.exp(-0.9 * (13 * 13 - 13 + 2) / 2), rel=1e-5)
+    assert 0.0 < temperatures[14] < 1e-35 and temperatures[16:] == [0.0] * 40
+    for s in scalars:
+        assert all(math.isfinite(v) for v in s.values()), s
+        assert s["loss"] < 5.0, s  # CE starts near log 6 ≈ 1.8, VTCE at T = 0.4 near 0.7
+    _, _, ce_scalars, ce_params = student(0.0)
+
+    source = input_pipeline.load_data_source(c.dataset, "test", data_dir=data_dir)
+    images = next(iter(input_pipeline.create_eval_dataset(source, num_classes=6, batch_size=4)))
+    model = train.make_model(c, NUM_CLASSES)
+    apply = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))
+    largest = float(np.abs(apply(params, images["image"])).max())
+    largest_ce = float(np.abs(apply(ce_params, images["image"])).max())
+    assert np.isfinite(largest) and largest < 2.0 * largest_ce + 0.5, (largest, largest_ce)
+    assert scalars[-1]["ce_loss"] < 1.2 * ce_scalars[-1]["ce_loss"]
+
+
 def _train_few_steps(config, kind, num_devices, state0, batches):
     par = train.DataParallel(kind, num_devices)
     fn = par.compile(
