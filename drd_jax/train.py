@@ -55,9 +55,13 @@ change between runs. ``config.stop_after_steps = k`` saves at step ``k`` and ret
 time-limited jobs and tests).
 
 Faults: a non-finite loss, gradient or parameter stops the run with ``FloatingPointError`` naming
-the step (the step counter before the failing update); the bad state is never saved, so the last
-good checkpoint survives. Config errors raise
-``ValueError`` naming the field (``config.<field>``).
+the step (the step counter before the failing update). So does a loss that explodes while finite
+(``divergence.TrainingDivergedError``, a ``FloatingPointError``): the cross-entropy above
+``config.divergence_factor`` × its median over the last 100 steps (after 10 steps; 0 = off). In
+both cases the error is logged, the bad state is never saved, so the newest checkpoint is the last
+good one, and the message names it. ``divergence_factor`` is not in the fingerprint: rerunning
+with a larger value (or 0) resumes from that checkpoint. Config errors raise ``ValueError``
+naming the field (``config.<field>``).
 
 Outputs in ``workdir``: ``config.json``, ``checkpoints/``, ``metrics.jsonl``, ``tensorboard/``,
 ``curves.png`` (see ``MetricWriter``) and ``final_metrics.json`` (written atomically)::
@@ -93,6 +97,7 @@ from flax.training import train_state
 from drd_jax import distillation as distillation_lib
 from drd_jax import input_pipeline, losses, metrics
 from drd_jax.checkpointing import Checkpointer, config_fingerprint
+from drd_jax.divergence import DivergenceMonitor, TrainingDivergedError
 from drd_jax.files import atomic_write_text
 from drd_jax.metric_writers import MetricWriter
 from drd_jax.models import FEATURE_LAYERS, DeepLabVGG16, apply_with_features
@@ -149,6 +154,7 @@ FINGERPRINT_IGNORE = (
     "stop_after_steps",
     "progress_bar",
     "write_curves",
+    "divergence_factor",
 )
 FINAL_METRICS_NAME = "final_metrics.json"
 
@@ -202,6 +208,7 @@ _REQUIRED = (
     "stop_after_steps",
     "progress_bar",
     "write_curves",
+    "divergence_factor",
     "log_every_steps",
     "eval_every_steps",
     "eval_batch_size",
@@ -296,6 +303,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check_number(config, "alpha", 0)
     _check_number(config, "beta", 0, lo_open=True)
     _check_number(config, "vtce_weight", 0)
+    _check_number(config, "divergence_factor", 0)
+    if 0 < config.divergence_factor <= 1:
+        raise _field_error(
+            "divergence_factor", f"must be 0 (off) or > 1, got {config.divergence_factor!r}"
+        )
     _check_number(config, "pair_kd_node_scale", 0, 1, lo_open=True)
     _check_number(config, "critic_learning_rate", 0, lo_open=True)
     _check_number(config, "critic_gp_weight", 0)
@@ -885,6 +897,37 @@ def _pretrain_autoencoder(
     return state.replace(autoencoder_params=ae_state.params)
 
 
+def _check_step(m, step: int, monitor: DivergenceMonitor, ckpt: Checkpointer) -> None:
+    """Stops the run (before anything of this step is saved) on a non-finite or exploded step.
+
+    Raises ``FloatingPointError`` (non-finite loss, gradients or params) or
+    ``TrainingDivergedError`` (the cross-entropy exploded; see ``drd_jax.divergence``), naming the
+    step and the last good checkpoint, after logging the same message.
+    """
+    last_good = (
+        f"the state was not saved; last good checkpoint: step {ckpt.latest_step()} in "
+        f"{ckpt.checkpoint_dir}"
+    )
+    if not bool(m["finite"]):
+        message = (
+            f"non-finite training loss/gradients/params at step {step} "
+            f"(loss={float(m['loss'])}, grad_norm={float(m['grad_norm'])}); {last_good}"
+        )
+        logging.error(message)
+        raise FloatingPointError(message)
+    problem = monitor.check(float(m["ce_loss"]))
+    if problem is not None:
+        message = (
+            f"training diverged at step {step}: cross-entropy {problem} "
+            f"(loss={float(m['loss']):.3g}, grad_norm={float(m['grad_norm']):.3g}); {last_good}. "
+            "Rerun the same command with "
+            "a larger --config.divergence_factor (0 = off) to resume from it, or start a new "
+            "workdir with a lower learning rate"
+        )
+        logging.error(message)
+        raise TrainingDivergedError(message)
+
+
 def _train(config, workdir: pathlib.Path, ckpt: Checkpointer) -> dict:
     is_main = jax.process_index() == 0
     data_dir = resolve_data_dir(config)
@@ -984,17 +1027,12 @@ def _train(config, workdir: pathlib.Path, ckpt: Checkpointer) -> dict:
             disable=not (config.progress_bar and is_main),
         )
         last_time, last_step = time.perf_counter(), start_step
+        monitor = DivergenceMonitor(float(config.divergence_factor))
         for step in range(start_step, end):
             batch = next(train_iter)
             state, step_metrics = p_train(state, par.shard_batch(batch), teacher_params)
             m = par.host(step_metrics)
-            if not bool(m["finite"]):
-                raise FloatingPointError(
-                    f"non-finite training loss/gradients/params at step {step} "
-                    f"(loss={float(m['loss'])}, grad_norm={float(m['grad_norm'])}); the state "
-                    f"was not saved; last good checkpoint: step {ckpt.latest_step()} in "
-                    f"{ckpt.checkpoint_dir}"
-                )
+            _check_step(m, step, monitor, ckpt)
             new_step = step + 1
             bar.update(1)
             if new_step % config.log_every_steps == 0 or new_step == end:

@@ -65,6 +65,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.stop_after_steps = 0  # > 0: save and stop at this step (resume later with the same config)
     c.progress_bar = True
     c.write_curves = True  # <workdir>/curves.png when the run ends
+    # Stop when the cross-entropy exceeds this × its median over the last 100 steps (a loss that
+    # explodes while finite); nothing of that step is saved. 0 = off.
+    c.divergence_factor = 100.0
     # Logging, evaluation, checkpoints.
     c.log_every_steps = 100
     c.eval_every_steps = 0  # 0 = evaluate only at the end
