@@ -1,4 +1,4 @@
-"""drd_jax.divergence: the monitor on its own, and a training run that stops on an exploding loss."""
+"""drd_jax.divergence: the monitor alone, and a training run that stops on an exploding loss."""
 
 import doctest
 import json
