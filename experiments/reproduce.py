@@ -23,7 +23,8 @@ Writes, atomically, into ``<workdir>``:
 
 * ``results.json``: per table, one entry per row (mPA, mIoU, pixel accuracy, per-class IoU, the
   paper's figures for NYUv2 / SUN RGB-D where the paper has that row, the run's key, wall time);
-* ``results.md``: the same as Markdown tables (printed at the end);
+* ``results.md``: the same as Markdown tables (printed at the end), with every run's test mIoU at
+  each of its evaluations (``config.eval_every_steps`` and the end; ``eval_curves`` in the JSON);
 * ``fig4.png``: Table 1's runs on the first test images (RGB, depth, GT, BL, TN, SN, legend);
 * ``curves.png``: training loss and test mIoU of every run.
 """
@@ -148,6 +149,20 @@ def summarize(rows, results: dict, timing: dict) -> dict:
     return {"tables": tables, "runs": timing}
 
 
+def eval_curves(run_dirs) -> dict[str, list[list[float]]]:
+    """Test mIoU (%) at each evaluation of each run (``{key: [[step, miou], ...]}``), read from
+    the runs' ``metrics.jsonl`` (``run_dirs``: key -> workdir)."""
+    from drd_jax.metric_writers import read_jsonl
+
+    curves = {}
+    for key, workdir in run_dirs.items():
+        records = read_jsonl(pathlib.Path(workdir) / "metrics.jsonl")
+        curves[key] = [
+            [r["step"], _percent(r["scalars"]["mean_iou"])] for r in records if r["split"] == "eval"
+        ]
+    return curves
+
+
 def _cell(x: float | None) -> str:
     return "–" if x is None else f"{x:.1f}"
 
@@ -187,6 +202,15 @@ def markdown(summary: dict, *, dataset: str, steps: int, width: float) -> str:
             f"before any student training): mPA {_cell(start['mean_pixel_accuracy'])}, "
             f"mIoU {_cell(start['mean_iou'])}, PA {_cell(start['pixel_accuracy'])}.",
         ]
+    curves = summary.get("eval_curves", {})
+    steps = sorted({step for curve in curves.values() for step, _ in curve})
+    if steps:
+        out += ["", "## Test mIoU during training", ""]
+        out += ["| run | " + " | ".join(f"step {s}" for s in steps) + " |"]
+        out += ["|" + "---|" * (len(steps) + 1)]
+        for key, curve in curves.items():
+            at = dict((step, value) for step, value in curve)
+            out.append(f"| {key} | " + " | ".join(_cell(at.get(s)) for s in steps) + " |")
     out += ["", "Run times (s; 0 = reused from an earlier invocation):", ""]
     out += [f"- `{k}`: {v['seconds']:.0f}" for k, v in summary["runs"].items()]
     return "\n".join(out) + "\n"
@@ -238,6 +262,7 @@ def reproduce(
 
     summary = summarize(rows, results, timing)
     summary.update(dataset=config.dataset, config=config.to_dict(), tables_requested=tables)
+    summary["eval_curves"] = eval_curves({r.key: runs_dir / r.key for r in order})
     loaded: dict = {}  # run key -> load_run(...), each checkpoint restored once
 
     def run_params(key: str):

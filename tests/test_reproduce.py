@@ -165,6 +165,12 @@ def test_table1_writes_results_beside_the_paper(table1, capsys):
     assert with_depth["confusion_matrix"] == tn_final["confusion_matrix"]
     md = (workdir / "results.md").read_text()
     assert "| SN | RGB |" in md and "| TN | RGB-D |" in md
+    # The eval curve of every run ends with its final evaluation (the tiny runs evaluate only
+    # at their last step, 4).
+    assert set(body["eval_curves"]) == {"bl", "tn", "sn"}
+    for e in entries:
+        assert body["eval_curves"][e["run"]] == [[4, pytest.approx(e["ours"]["mean_iou"])]]
+    assert "## Test mIoU during training" in md and "| run | step 4 |" in md
     assert "48.2" in md and "38.1" in md  # the paper's NYUv2 TN mPA and SN mIoU
     for name in ("fig4.png", "curves.png"):
         with Image.open(workdir / name) as im:
