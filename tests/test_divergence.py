@@ -8,12 +8,12 @@ import re
 import jax.numpy as jnp
 import ml_collections
 import pytest
+from helpers import tiny
 
 from drd_jax import divergence, train
 from drd_jax.checkpointing import Checkpointer
 from drd_jax.divergence import DivergenceMonitor, TrainingDivergedError
 from drd_jax.metric_writers import read_jsonl
-from experiments.configs import synthetic
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
@@ -56,15 +56,6 @@ def test_rejects_bad_arguments(kwargs):
 def test_docstring_examples():
     result = doctest.testmod(divergence)
     assert result.attempted > 0 and result.failed == 0
-
-
-def tiny(data_dir, **overrides):
-    c = synthetic.get_config("tiny")
-    c.data_dir = data_dir
-    c.mode = "baseline"
-    for k, v in overrides.items():
-        c[k] = v
-    return c
 
 
 def test_divergence_factor_is_checked_and_not_in_the_fingerprint():

@@ -18,6 +18,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from helpers import tiny
 
 from drd_jax import input_pipeline, train
 from drd_jax.checkpointing import Checkpointer
@@ -30,15 +31,6 @@ NUM_CLASSES = 6
 
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
-
-
-def tiny(data_dir, **overrides):
-    c = synthetic.get_config("tiny")
-    c.data_dir = data_dir
-    c.mode = "baseline"
-    for k, v in overrides.items():
-        c[k] = v
-    return c
 
 
 def read_final(workdir) -> dict:
