@@ -41,6 +41,8 @@ from collections.abc import Iterable
 import numpy as np
 from absl import app, flags
 
+FLAGS = flags.FLAGS
+
 STAGES = (  # (name, pooling steps before it, dilation)
     ("conv1", 0, 1),
     ("conv2", 1, 1),
@@ -57,18 +59,6 @@ DEFAULT_FRAME = (
     / "NYUDepthv2"
     / "Depth"
     / "0.npy"
-)
-
-_DATASET = flags.DEFINE_string("dataset", None, "A built TFDS dataset, e.g. nyuv2/40.")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "Its TFDS data dir.")
-_SPLIT = flags.DEFINE_string("split", "train", "Split of --dataset.")
-_NUM_IMAGES = flags.DEFINE_integer("num_images", 50, "Images of --dataset averaged over.")
-_NYUV2_FRAME = flags.DEFINE_bool("nyuv2_frame", False, "Use one real depth map (--depth_file).")
-_DEPTH_FILE = flags.DEFINE_string("depth_file", str(DEFAULT_FRAME), "A .npy depth map (metres).")
-_RESIZE = flags.DEFINE_string("resize", None, "Resize the depth first, 'HxW' (area average).")
-_ALPHA = flags.DEFINE_float("alpha", 8.3, "Depth similarity sharpness, 1/metre.")
-_PADDED_TAPS = flags.DEFINE_bool(
-    "padded_taps", False, "Average every tap, out-of-image and invalid ones at H = 1."
 )
 
 
@@ -182,32 +172,48 @@ def _load_dataset(name: str, data_dir: str | None, split: str, count: int) -> np
     return np.stack([np.asarray(source[i]["depth"], np.float32) for i in range(count)])
 
 
+def define_flags() -> None:
+    """The command line (defined only when run as a script, so importing this module is free)."""
+    flags.DEFINE_string("dataset", None, "A built TFDS dataset, e.g. nyuv2/40.")
+    flags.DEFINE_string("data_dir", None, "Its TFDS data dir.")
+    flags.DEFINE_string("split", "train", "Split of --dataset.")
+    flags.DEFINE_integer("num_images", 50, "Images of --dataset averaged over.")
+    flags.DEFINE_bool("nyuv2_frame", False, "Use one real depth map (--depth_file).")
+    flags.DEFINE_string("depth_file", str(DEFAULT_FRAME), "A .npy depth map (metres).")
+    flags.DEFINE_string("resize", None, "Resize the depth first, 'HxW' (area average).")
+    flags.DEFINE_float("alpha", 8.3, "Depth similarity sharpness, 1/metre.")
+    flags.DEFINE_bool(
+        "padded_taps", False, "Average every tap, out-of-image and invalid ones at H = 1."
+    )
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     try:
-        if _NYUV2_FRAME.value == bool(_DATASET.value):
+        if FLAGS.nyuv2_frame == bool(FLAGS.dataset):
             raise ValueError("give exactly one of --nyuv2_frame and --dataset")
-        if _DATASET.value:
-            depth = _load_dataset(_DATASET.value, _DATA_DIR.value, _SPLIT.value, _NUM_IMAGES.value)
-            label = f"{_DATASET.value} ({_SPLIT.value}, {depth.shape[0]} images)"
+        if FLAGS.dataset:
+            depth = _load_dataset(FLAGS.dataset, FLAGS.data_dir, FLAGS.split, FLAGS.num_images)
+            label = f"{FLAGS.dataset} ({FLAGS.split}, {depth.shape[0]} images)"
         else:
-            depth = _load_frame(_DEPTH_FILE.value)
-            label = f"{pathlib.Path(_DEPTH_FILE.value).name}"
+            depth = _load_frame(FLAGS.depth_file)
+            label = f"{pathlib.Path(FLAGS.depth_file).name}"
         label += f", {depth.shape[1]}×{depth.shape[2]}"
-        if _RESIZE.value:
-            size = _parse_size(_RESIZE.value)
+        if FLAGS.resize:
+            size = _parse_size(FLAGS.resize)
             depth = resize_area(depth, size)
             label += f" resized to {size[0]}×{size[1]}"
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    taps = "every tap, padding at H = 1" if _PADDED_TAPS.value else "in-image pairs with depth"
-    print(f"Mean off-centre H, α = {_ALPHA.value:g}/m, {taps} (depth resized as the model does)\n")
-    means = stage_means(depth, _ALPHA.value, padded_taps=_PADDED_TAPS.value)
+    taps = "every tap, padding at H = 1" if FLAGS.padded_taps else "in-image pairs with depth"
+    print(f"Mean off-centre H, α = {FLAGS.alpha:g}/m, {taps} (depth resized as the model does)\n")
+    means = stage_means(depth, FLAGS.alpha, padded_taps=FLAGS.padded_taps)
     print(markdown_table([(label, means)]))
     return 0
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -22,7 +22,7 @@ import sys
 
 from absl import app, flags
 
-_OUTPUT = flags.DEFINE_string("output", None, "Also write the Markdown here.")
+FLAGS = flags.FLAGS
 
 METRICS = (("mean_iou", "mIoU"), ("mean_pixel_accuracy", "mPA"))
 
@@ -93,12 +93,13 @@ def main(argv):
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(md)
-    if _OUTPUT.value:
+    if FLAGS.output:
         from drd_jax.files import atomic_write_text
 
-        atomic_write_text(pathlib.Path(_OUTPUT.value), md)
+        atomic_write_text(pathlib.Path(FLAGS.output), md)
     return 0
 
 
 if __name__ == "__main__":
+    flags.DEFINE_string("output", None, "Also write the Markdown here.")
     app.run(main)

@@ -187,3 +187,27 @@ def test_rgb_keeps_a_weak_colour_cue():
     pred = np.array(objects)[np.argmin(((pix[:, None] - means[None]) ** 2).sum(-1), axis=1)]
     balanced = np.mean([(pred[lab == c] == c).mean() for c in objects])
     assert 1.0 / len(objects) + 0.05 < balanced < 0.7, balanced
+
+
+def test_depth_scale_shrinks_the_world_the_sensor_sees():
+    """``depth_scale`` multiplies the readings (and their noise) and changes nothing else."""
+    plain = scenes.make_example(0, "train", 3, 48, 64)
+    small = scenes.make_example(0, "train", 3, 48, 64, scenes.SceneParams(depth_scale=0.25))
+    np.testing.assert_array_equal(small["image"], plain["image"])
+    np.testing.assert_array_equal(small["label"], plain["label"])
+    np.testing.assert_array_equal(small["depth"] > 0, plain["depth"] > 0)  # same holes
+    # Millimetre quantisation happens after the scaling: within half a millimetre.
+    np.testing.assert_allclose(small["depth"], 0.25 * plain["depth"], atol=0.0005 + 1e-6)
+
+
+def test_calibration_variants_are_configs_with_their_scene_overrides():
+    from tfds_builders.synthetic_rgbd.synthetic_rgbd_dataset_builder import CALIBRATION_VARIANTS
+
+    configs = Builder.builder_configs
+    assert {"default", "tiny"} <= set(configs)
+    assert configs["default"].scene_params() == scenes.SceneParams()
+    for name, overrides in CALIBRATION_VARIANTS.items():
+        params = configs[name].scene_params()
+        for field, value in overrides.items():
+            assert getattr(params, field) == value, (name, field)
+        assert (configs[name].height, configs[name].width) == (120, 160)

@@ -99,6 +99,10 @@ class SceneParams:
     object_depth: tuple[float, float] = (1.0, 4.0)  # metres, silhouette depth of an object
     min_gap: float = 0.3  # metres between the depth intervals of any two objects
     wall_gap: float = 0.5  # metres between any object and the wall
+    # Scale of the world the depth sensor sees: the output depth (readings and their noise) is
+    # multiplied by it, as for a miniature of the scene with the same image. < 1 gives the depth
+    # differences between neighbouring pixels of a larger image (see README: calibration).
+    depth_scale: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -484,6 +488,7 @@ def make_scene(
         valid[:, : int(rng.integers(1, max(2, width // 40) + 1))] = False
     valid &= rng.random(size=valid.shape) >= s.dropout
     # Readings are quantised to millimetres, like the sensor's integer output.
-    depth_out = np.where(valid, np.round(np.maximum(noisy, 0.0) * 1000.0) / 1000.0, 0.0)
+    scaled = np.maximum(noisy, 0.0) * p.depth_scale
+    depth_out = np.where(valid, np.round(scaled * 1000.0) / 1000.0, 0.0)
     depth_out = depth_out.astype(np.float32)
     return {"image": image, "depth": depth_out, "label": label}

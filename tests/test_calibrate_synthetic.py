@@ -1,0 +1,66 @@
+"""experiments.calibrate_synthetic: the criteria of issue 13, on hand-made records."""
+
+import pytest
+
+from experiments import calibrate_synthetic as cal
+
+CLASSES = ("wall", "floor", "box", "ball", "pole", "cone")
+
+
+def _record(bl_ious, tn_miou=None, h=None):
+    runs = {
+        "baseline": {
+            "mean_iou": sum(bl_ious) / 6,
+            "per_class_iou": dict(zip(CLASSES, bl_ious, strict=True)),
+        }
+    }
+    if tn_miou is not None:
+        runs["teacher"] = {"mean_iou": tn_miou, "per_class_iou": dict.fromkeys(CLASSES, tn_miou)}
+    return {
+        "variant": "v",
+        "steps": 150,
+        "budget": "demo",
+        "seed": 0,
+        "runs": runs,
+        "h": h or dict(cal.REAL_FRAME_H),
+    }
+
+
+def test_demo_budget_criteria():
+    ok = _record([90, 80, 20, 10, 5, 6], tn_miou=45)  # BL mIoU 35.2: TN − BL = 9.8 < 10
+    v = cal.verdicts(ok, "demo")
+    assert v == {
+        "h_within_tolerance": True,
+        "bl_every_class_iou_ge_5": True,
+        "tn_minus_bl_ge_10": False,
+    }
+    v = cal.verdicts(_record([90, 80, 20, 10, 4.9, 6], tn_miou=60), "demo")
+    assert not v["bl_every_class_iou_ge_5"] and v["tn_minus_bl_ge_10"]
+
+
+def test_long_budget_and_h_criteria():
+    h = dict(cal.REAL_FRAME_H, conv4=cal.REAL_FRAME_H["conv4"] - 0.081)
+    v = cal.verdicts(_record([90, 80, 30, 30, 31, 45], h=h), "long")
+    assert v == {"h_within_tolerance": False, "bl_every_object_iou_ge_30": True}
+    v = cal.verdicts(
+        _record([90, 80, 30, 29.9, 31, 45], h=dict(cal.REAL_FRAME_H, fc6=None)), "long"
+    )
+    assert v == {"h_within_tolerance": False, "bl_every_object_iou_ge_30": False}
+
+
+def test_markdown_has_every_class_and_the_verdicts():
+    record = _record([90, 80, 20, 10, 5, 6], tn_miou=60)
+    record["verdicts"] = cal.verdicts(record, "demo")
+    md = cal.markdown(record)
+    assert "| baseline | 35.2 | 90.0 | 80.0 | 20.0 | 10.0 | 5.0 | 6.0 |" in md
+    assert "| real frame, 480×640 | 0.95 | 0.91 | 0.85 | 0.77 | 0.65 | 0.27 |" in md
+    assert "tn_minus_bl_ge_10 True" in md
+
+
+def test_run_config_is_the_demo_config_on_the_variant():
+    c = cal.run_config("calib_a", "teacher", 150, 1, "/tmp/x")
+    assert c.dataset == "synthetic_rgbd/calib_a" and c.mode == "teacher" and c.seed == 1
+    assert c.optimizer == "adam" and c.width == 0.25 and c.num_train_steps == 150
+    assert c.eval_every_steps == 37
+    with pytest.raises(KeyError):
+        c["no_such_field"]
