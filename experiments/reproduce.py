@@ -41,24 +41,6 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the experiment (runs/, results).")
-_TABLE = flags.DEFINE_string(
-    "table", "1", "Table(s): 1, 3, 4 (the paper's), kd (other distillation methods), or e.g. 1,3."
-)
-_KD_METHODS = flags.DEFINE_list(
-    "kd_methods",
-    None,
-    "Table kd: only these methods (of pixel, pair, holistic, SKD, KA, affinity); default all.",
-)
-_FIGURE_IMAGES = flags.DEFINE_integer("figure_images", 4, "Test images shown in fig4.png.")
-_COMPILATION_CACHE = flags.DEFINE_string(
-    "compilation_cache",
-    "auto",
-    "JAX persistent compilation cache: 'auto' = <workdir>/jax_cache, '' = off, or a directory. "
-    "Runs that compile the same step (e.g. SN and BL+VTCE; BL and BL+PS) then compile it once.",
-)
-config_flags.DEFINE_config_file("config", None, "Base training config file.", lock_config=True)
-flags.mark_flags_as_required(["config", "workdir"])
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
@@ -296,30 +278,55 @@ def reproduce(
     return summary
 
 
+def define_flags() -> None:
+    """The command line (defined only when run as a script: other scripts import this module)."""
+    flags.DEFINE_string("workdir", None, "Directory of the experiment (runs/, results).")
+    flags.DEFINE_string(
+        "table",
+        "1",
+        "Table(s): 1, 3, 4 (the paper's), kd (other distillation methods), or e.g. 1,3.",
+    )
+    flags.DEFINE_list(
+        "kd_methods",
+        None,
+        "Table kd: only these methods (of pixel, pair, holistic, SKD, KA, affinity); default all.",
+    )
+    flags.DEFINE_integer("figure_images", 4, "Test images shown in fig4.png.")
+    flags.DEFINE_string(
+        "compilation_cache",
+        "auto",
+        "JAX persistent compilation cache: 'auto' = <workdir>/jax_cache, '' = off, or a directory. "
+        "Runs that compile the same step (e.g. SN and BL+VTCE; BL and BL+PS) then compile it once.",
+    )
+    config_flags.DEFINE_config_file("config", None, "Base training config file.", lock_config=True)
+    flags.mark_flags_as_required(["config", "workdir"])
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
-        tables = parse_tables(_TABLE.value)
-        parse_kd_methods(_KD_METHODS.value)
+        tables = parse_tables(FLAGS.table)
+        parse_kd_methods(FLAGS.kd_methods)
     except ValueError as e:
         raise app.UsageError(str(e)) from e
-    cache = _COMPILATION_CACHE.value
+    cache = FLAGS.compilation_cache
     if cache:
         import jax
 
         if cache == "auto":
-            cache = str(pathlib.Path(_WORKDIR.value).expanduser().absolute() / "jax_cache")
+            cache = str(pathlib.Path(FLAGS.workdir).expanduser().absolute() / "jax_cache")
         jax.config.update("jax_compilation_cache_dir", cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     reproduce(
         FLAGS.config,
-        _WORKDIR.value,
+        FLAGS.workdir,
         tables,
-        figure_images=_FIGURE_IMAGES.value,
-        kd_methods=_KD_METHODS.value,
+        figure_images=FLAGS.figure_images,
+        kd_methods=FLAGS.kd_methods,
     )
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
