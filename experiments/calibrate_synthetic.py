@@ -16,8 +16,9 @@ check, without ever looking at a student:
   within ±0.08 of the real NYUv2 frame at 480×640 (``REAL_FRAME_H``).
 
 Each variant's record (H per stage, per-class IoU of each run, the verdicts) is appended to
-``<workdir>/calibration.jsonl`` and printed as Markdown. Runs live in ``<workdir>/<variant>/<mode>``
-and are reused when finished with the same config (``experiments.reproduce.train_or_reuse``).
+``<workdir>/calibration.jsonl`` and printed as Markdown. Runs live in
+``<workdir>/<variant>/<mode>_<steps>steps_seed<seed>`` and are reused when finished with the same
+config (``experiments.reproduce.train_or_reuse``).
 """
 
 from __future__ import annotations
@@ -95,7 +96,8 @@ def judge(variant: str, workdir: pathlib.Path, *, steps, budget, modes, seed, da
     record["h"] = depth_weight_stats.stage_means(depth)
     for mode in modes:
         config = run_config(variant, mode, steps, seed, data_dir)
-        result, seconds, _ = train_or_reuse(config, workdir / variant / mode)
+        run_dir = workdir / variant / f"{mode}_{steps}steps_seed{seed}"
+        result, seconds, _ = train_or_reuse(config, run_dir)
         record["runs"][mode] = {
             "mean_iou": 100 * result["mean_iou"],
             "per_class_iou": {k: 100 * v for k, v in result["per_class_iou"].items()},
