@@ -47,7 +47,26 @@ MIN_DEPTH_GAIN = 10.0  # TN − BL mIoU (points) at the demo budget
 OBJECT_CLASSES = ("box", "ball", "pole", "cone")
 
 
-def run_config(variant: str, mode: str, steps: int, seed: int, data_dir: str):
+def parse_overrides(items: list[str] | None) -> dict:
+    """``['width=0.125', 'optimizer=sgd']`` -> ``{'width': 0.125, 'optimizer': 'sgd'}``."""
+    import ast
+
+    out = {}
+    for item in items or []:
+        field, sep, text = item.partition("=")
+        if not sep or not field:
+            raise ValueError(f"--set: expected field=value, got {item!r}")
+        try:
+            out[field] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            out[field] = text
+    return out
+
+
+def run_config(
+    variant: str, mode: str, steps: int, seed: int, data_dir: str, overrides: dict | None = None
+):
+    """The demo config on ``synthetic_rgbd/<variant>`` for ``mode``, with config ``overrides``."""
     from experiments.configs import synthetic
 
     c = synthetic.get_config("demo")
@@ -59,6 +78,10 @@ def run_config(variant: str, mode: str, steps: int, seed: int, data_dir: str):
     c.seed = seed
     c.progress_bar = False
     c.write_curves = False
+    for field, value in (overrides or {}).items():
+        if field not in c:
+            raise ValueError(f"--set: no config field {field!r}")
+        c[field] = value
     return c
 
 
@@ -82,7 +105,9 @@ def verdicts(record: dict, budget: str) -> dict[str, bool]:
     return out
 
 
-def judge(variant: str, workdir: pathlib.Path, *, steps, budget, modes, seed, data_dir) -> dict:
+def judge(
+    variant: str, workdir: pathlib.Path, *, steps, budget, modes, seed, data_dir, overrides=None
+) -> dict:
     import numpy as np
 
     from drd_jax import input_pipeline
@@ -92,11 +117,14 @@ def judge(variant: str, workdir: pathlib.Path, *, steps, budget, modes, seed, da
     dataset = f"synthetic_rgbd/{variant}"
     source = input_pipeline.load_data_source(dataset, "train", data_dir=data_dir, prepare=True)
     depth = np.stack([np.asarray(source[i]["depth"], np.float32) for i in range(50)])
+    overrides = dict(overrides or {})
     record = {"variant": variant, "steps": steps, "budget": budget, "seed": seed, "runs": {}}
+    record["overrides"] = overrides
     record["h"] = depth_weight_stats.stage_means(depth)
     for mode in modes:
-        config = run_config(variant, mode, steps, seed, data_dir)
-        run_dir = workdir / variant / f"{mode}_{steps}steps_seed{seed}"
+        config = run_config(variant, mode, steps, seed, data_dir, overrides)
+        suffix = "".join(f"_{k}={v}" for k, v in sorted(overrides.items()))
+        run_dir = workdir / variant / f"{mode}_{steps}steps_seed{seed}{suffix}"
         result, seconds, _ = train_or_reuse(config, run_dir)
         record["runs"][mode] = {
             "mean_iou": 100 * result["mean_iou"],
@@ -111,7 +139,7 @@ def markdown(record: dict) -> str:
     h = record["h"]
     lines = [
         f"### `{record['variant']}`, {record['steps']} steps ({record['budget']} budget), "
-        f"seed {record['seed']}",
+        f"seed {record['seed']}, overrides {record.get('overrides') or 'none'}",
         "",
         "| H | " + " | ".join(REAL_FRAME_H) + " |",
         "|---|" + "---|" * len(REAL_FRAME_H),
@@ -143,6 +171,7 @@ def define_flags() -> None:
     flags.DEFINE_list("modes", ["baseline", "teacher"], "Runs per variant.")
     flags.DEFINE_integer("seed", 0, "config.seed of the runs.")
     flags.DEFINE_string("data_dir", None, "TFDS data dir (default <workdir>/data).")
+    flags.DEFINE_list("set", None, "Config overrides of the runs, e.g. width=0.125,dropout_rate=0.")
     flags.mark_flag_as_required("workdir")
 
 
@@ -151,6 +180,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     workdir = pathlib.Path(FLAGS.workdir).expanduser().absolute()
     data_dir = FLAGS.data_dir or str(workdir / "data")
+    overrides = parse_overrides(FLAGS.set)
     workdir.mkdir(parents=True, exist_ok=True)
     for variant in FLAGS.variants:
         record = judge(
@@ -161,6 +191,7 @@ def main(argv):
             modes=FLAGS.modes,
             seed=FLAGS.seed,
             data_dir=data_dir,
+            overrides=overrides,
         )
         with open(workdir / "calibration.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")

@@ -64,3 +64,14 @@ def test_run_config_is_the_demo_config_on_the_variant():
     assert c.eval_every_steps == 37
     with pytest.raises(KeyError):
         c["no_such_field"]
+
+
+def test_overrides_reach_the_run_config():
+    overrides = cal.parse_overrides(["width=0.125", "optimizer=sgd", "dropout_rate=0.0"])
+    assert overrides == {"width": 0.125, "optimizer": "sgd", "dropout_rate": 0.0}
+    c = cal.run_config("calib_a", "baseline", 150, 0, "/tmp/x", overrides)
+    assert c.width == 0.125 and c.optimizer == "sgd" and c.dropout_rate == 0.0
+    with pytest.raises(ValueError, match="no config field"):
+        cal.run_config("calib_a", "baseline", 150, 0, "/tmp/x", {"widht": 0.1})
+    with pytest.raises(ValueError, match="field=value"):
+        cal.parse_overrides(["width"])
