@@ -211,3 +211,12 @@ def test_calibration_variants_are_configs_with_their_scene_overrides():
         for field, value in overrides.items():
             assert getattr(params, field) == value, (name, field)
         assert (configs[name].height, configs[name].width) == (120, 160)
+
+
+def test_class_colours_choice_is_checked():
+    with pytest.raises(ValueError, match="class_colours"):
+        scenes.make_example(0, "train", 0, 48, 64, scenes.SceneParams(class_colours="unique"))
+    distinct = scenes.make_example(
+        0, "train", 0, 48, 64, scenes.SceneParams(class_colours="distinct")
+    )
+    assert distinct["image"].shape == (48, 64, 3)

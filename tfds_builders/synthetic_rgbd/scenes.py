@@ -66,6 +66,17 @@ _PREFERRED_COLOURS = {
     CONE: (7, 5),
     VOID_LABEL: (4, 1),
 }
+# Disjoint preferences (``SceneParams.class_colours = 'distinct'``): every object class has a
+# palette entry of its own, so colour alone can tell the classes apart where the bias holds.
+_DISTINCT_COLOURS = {
+    WALL: (0, 6),
+    FLOOR: (1, 2),
+    BOX: (7,),
+    BALL: (5,),
+    POLE: (3,),
+    CONE: (4,),
+    VOID_LABEL: (4, 1),
+}
 _PREFERRED_TEXTURE = {
     WALL: "noise",
     FLOOR: "checker",
@@ -85,6 +96,7 @@ class SceneParams:
     num_decals: tuple[int, int] = (0, 2)  # object-shaped pictures on wall/floor
     clutter_prob: float = 0.6  # probability of one void-labelled clutter blob
     colour_bias: float = 0.7  # probability of a class's preferred colours (else uniform)
+    class_colours: str = "shared"  # 'shared' (preferences overlap) or 'distinct' (disjoint)
     texture_bias: float = 0.7  # probability of a class's preferred texture (else uniform)
     camouflage_prob: float = 0.2  # object copies the appearance of the surface behind it
     camouflage_shift: float = 12.0  # max per-channel colour shift of a camouflaged object
@@ -193,9 +205,9 @@ class _Appearance:
         raise ValueError(f"unknown texture {self.kind!r}")
 
 
-def _colour(rng: np.random.Generator, cls: int, bias: float) -> np.ndarray:
+def _colour(rng: np.random.Generator, cls: int, bias: float, preferred=None) -> np.ndarray:
     if rng.random() < bias:
-        k = int(rng.choice(_PREFERRED_COLOURS[cls]))
+        k = int(rng.choice((preferred or _PREFERRED_COLOURS)[cls]))
     else:
         k = int(rng.integers(len(PALETTE)))
     c = PALETTE[k] * rng.uniform(0.8, 1.2) + rng.normal(0.0, 10.0, size=3)
@@ -205,9 +217,12 @@ def _colour(rng: np.random.Generator, cls: int, bias: float) -> np.ndarray:
 def _appearance(
     rng: np.random.Generator, cls: int, p: SceneParams, num_fields: int, allow_split: bool = True
 ) -> _Appearance:
-    c0 = _colour(rng, cls, p.colour_bias)
+    if p.class_colours not in ("shared", "distinct"):
+        raise ValueError(f"class_colours must be 'shared' or 'distinct', got {p.class_colours!r}")
+    preferred = _DISTINCT_COLOURS if p.class_colours == "distinct" else _PREFERRED_COLOURS
+    c0 = _colour(rng, cls, p.colour_bias, preferred)
     if rng.random() < 0.5:
-        c1 = _colour(rng, cls, p.colour_bias)
+        c1 = _colour(rng, cls, p.colour_bias, preferred)
     else:
         c1 = np.clip(c0 * rng.uniform(0.55, 0.85), 0, 255).astype(np.float32)
     if rng.random() < p.texture_bias:

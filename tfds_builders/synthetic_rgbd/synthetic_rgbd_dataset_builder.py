@@ -79,6 +79,16 @@ CALIBRATION_VARIANTS: dict[str, dict[str, Any]] = {
         "colour_bias": 0.9,
         "texture_bias": 0.9,
     },
+    # + a palette entry of its own for every object class.
+    "calib_e": {
+        "depth_scale": 0.25,
+        "camouflage_prob": 0.0,
+        "num_decals": (0, 0),
+        "two_tone_prob": 0.1,
+        "colour_bias": 0.9,
+        "texture_bias": 0.9,
+        "class_colours": "distinct",
+    },
 }
 
 
