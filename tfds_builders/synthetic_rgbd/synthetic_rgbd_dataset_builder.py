@@ -56,39 +56,22 @@ def _overrides(mapping: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
 # The variants tried while calibrating the benchmark to the paper's regime (issue 13), 120x160 like
 # `default`; each is a config of its own so that every recorded result can be rebuilt. What each
 # gave: experiments/calibrate_synthetic.py and FIDELITY.md.
+_CALIB_A = {"depth_scale": 0.25}
+_CALIB_B = {**_CALIB_A, "camouflage_prob": 0.05, "num_decals": (0, 1)}
+_CALIB_C = {**_CALIB_B, "colour_bias": 0.9, "texture_bias": 0.9}
+_CALIB_D = {**_CALIB_C, "camouflage_prob": 0.0, "num_decals": (0, 0), "two_tone_prob": 0.1}
 CALIBRATION_VARIANTS: dict[str, dict[str, Any]] = {
     # 1/4 of NYUv2's resolution: depth × 1/4 gives neighbouring taps the depth differences of
     # 480x640 (mean off-centre H per stage within 0.06 of the real frame's).
-    "calib_a": {"depth_scale": 0.25},
+    "calib_a": _CALIB_A,
     # + fewer camouflaged objects and decals.
-    "calib_b": {"depth_scale": 0.25, "camouflage_prob": 0.05, "num_decals": (0, 1)},
+    "calib_b": _CALIB_B,
     # + a stronger colour/texture preference per class.
-    "calib_c": {
-        "depth_scale": 0.25,
-        "camouflage_prob": 0.05,
-        "num_decals": (0, 1),
-        "colour_bias": 0.9,
-        "texture_bias": 0.9,
-    },
+    "calib_c": _CALIB_C,
     # + no camouflage, no decals, fewer two-tone surfaces.
-    "calib_d": {
-        "depth_scale": 0.25,
-        "camouflage_prob": 0.0,
-        "num_decals": (0, 0),
-        "two_tone_prob": 0.1,
-        "colour_bias": 0.9,
-        "texture_bias": 0.9,
-    },
+    "calib_d": _CALIB_D,
     # + a palette entry of its own for every object class.
-    "calib_e": {
-        "depth_scale": 0.25,
-        "camouflage_prob": 0.0,
-        "num_decals": (0, 0),
-        "two_tone_prob": 0.1,
-        "colour_bias": 0.9,
-        "texture_bias": 0.9,
-        "class_colours": "distinct",
-    },
+    "calib_e": {**_CALIB_D, "class_colours": "distinct"},
 }
 
 
