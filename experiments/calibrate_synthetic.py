@@ -3,6 +3,8 @@ r"""Judge ``synthetic_rgbd`` variants by the calibration criteria of issue 13 (n
     python -m experiments.calibrate_synthetic --workdir=/tmp/calib --variants=default,calib_a
     python -m experiments.calibrate_synthetic --workdir=/tmp/calib --variants=calib_c \
         --steps=800 --budget=long --modes=baseline      # the long-budget criterion
+    python -m experiments.calibrate_synthetic --workdir=/tmp/calib --variants=calib_e \
+        --steps=450 --set='crop_size=(64, 80)' --modes=baseline   # another demo shape
 
 For each variant (a config of ``tfds_builders.synthetic_rgbd``): build it, print the mean
 off-centre depth weight H per stage (``experiments.depth_weight_stats``), train the RGB baseline
@@ -171,7 +173,11 @@ def define_flags() -> None:
     flags.DEFINE_list("modes", ["baseline", "teacher"], "Runs per variant.")
     flags.DEFINE_integer("seed", 0, "config.seed of the runs.")
     flags.DEFINE_string("data_dir", None, "TFDS data dir (default <workdir>/data).")
-    flags.DEFINE_list("set", None, "Config overrides of the runs, e.g. width=0.125,dropout_rate=0.")
+    flags.DEFINE_multi_string(
+        "set",
+        None,
+        "A config override of the runs (repeatable): --set=width=0.125 --set='crop_size=(64, 80)'.",
+    )
     flags.mark_flag_as_required("workdir")
 
 
