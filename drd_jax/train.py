@@ -920,9 +920,8 @@ def _check_step(m, step: int, monitor: DivergenceMonitor, ckpt: Checkpointer) ->
         message = (
             f"training diverged at step {step}: cross-entropy {problem} "
             f"(loss={float(m['loss']):.3g}, grad_norm={float(m['grad_norm']):.3g}); {last_good}. "
-            "Rerun the same command with "
-            "a larger --config.divergence_factor (0 = off) to resume from it, or start a new "
-            "workdir with a lower learning rate"
+            "Rerun the same command with a larger --config.divergence_factor (0 = off) to resume "
+            "from it, or start a new workdir with a lower learning rate"
         )
         logging.error(message)
         raise TrainingDivergedError(message)

@@ -88,7 +88,7 @@ def run_config(
 
 
 def verdicts(record: dict, budget: str) -> dict[str, bool]:
-    """The criteria this record can decide (None: not measured in this record)."""
+    """The criteria this record can decide (a criterion whose runs it lacks is left out)."""
     out: dict[str, bool] = {}
     h = record["h"]
     out["h_within_tolerance"] = all(
@@ -110,15 +110,11 @@ def verdicts(record: dict, budget: str) -> dict[str, bool]:
 def judge(
     variant: str, workdir: pathlib.Path, *, steps, budget, modes, seed, data_dir, overrides=None
 ) -> dict:
-    import numpy as np
-
-    from drd_jax import input_pipeline
     from experiments import depth_weight_stats
     from experiments.reproduce import train_or_reuse
 
     dataset = f"synthetic_rgbd/{variant}"
-    source = input_pipeline.load_data_source(dataset, "train", data_dir=data_dir, prepare=True)
-    depth = np.stack([np.asarray(source[i]["depth"], np.float32) for i in range(50)])
+    depth = depth_weight_stats.dataset_depths(dataset, data_dir, "train", 50, prepare=True)
     overrides = dict(overrides or {})
     record = {"variant": variant, "steps": steps, "budget": budget, "seed": seed, "runs": {}}
     record["overrides"] = overrides

@@ -164,10 +164,14 @@ def _load_frame(path: str) -> np.ndarray:
     return depth[None].astype(np.float32)
 
 
-def _load_dataset(name: str, data_dir: str | None, split: str, count: int) -> np.ndarray:
+def dataset_depths(
+    name: str, data_dir: str | None, split: str, count: int, *, prepare: bool = False
+) -> np.ndarray:
+    """Depth maps (N, H, W) of the first ``count`` examples of ``split`` of a TFDS dataset
+    (built first with ``prepare``)."""
     from drd_jax import input_pipeline
 
-    source = input_pipeline.load_data_source(name, split, data_dir=data_dir)
+    source = input_pipeline.load_data_source(name, split, data_dir=data_dir, prepare=prepare)
     count = min(count, len(source))
     return np.stack([np.asarray(source[i]["depth"], np.float32) for i in range(count)])
 
@@ -194,7 +198,7 @@ def main(argv):
         if FLAGS.nyuv2_frame == bool(FLAGS.dataset):
             raise ValueError("give exactly one of --nyuv2_frame and --dataset")
         if FLAGS.dataset:
-            depth = _load_dataset(FLAGS.dataset, FLAGS.data_dir, FLAGS.split, FLAGS.num_images)
+            depth = dataset_depths(FLAGS.dataset, FLAGS.data_dir, FLAGS.split, FLAGS.num_images)
             label = f"{FLAGS.dataset} ({FLAGS.split}, {depth.shape[0]} images)"
         else:
             depth = _load_frame(FLAGS.depth_file)

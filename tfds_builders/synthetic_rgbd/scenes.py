@@ -77,6 +77,7 @@ _DISTINCT_COLOURS = {
     CONE: (4,),
     VOID_LABEL: (4, 1),
 }
+_CLASS_COLOURS = {"shared": _PREFERRED_COLOURS, "distinct": _DISTINCT_COLOURS}
 _PREFERRED_TEXTURE = {
     WALL: "noise",
     FLOOR: "checker",
@@ -113,8 +114,14 @@ class SceneParams:
     wall_gap: float = 0.5  # metres between any object and the wall
     # Scale of the world the depth sensor sees: the output depth (readings and their noise) is
     # multiplied by it, as for a miniature of the scene with the same image. < 1 gives the depth
-    # differences between neighbouring pixels of a larger image (see README: calibration).
+    # differences between neighbouring pixels of a larger image (FIDELITY.md, calibration).
     depth_scale: float = 1.0
+
+    def __post_init__(self):
+        if self.class_colours not in _CLASS_COLOURS:
+            raise ValueError(
+                f"class_colours must be one of {sorted(_CLASS_COLOURS)}, got {self.class_colours!r}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,9 +212,9 @@ class _Appearance:
         raise ValueError(f"unknown texture {self.kind!r}")
 
 
-def _colour(rng: np.random.Generator, cls: int, bias: float, preferred=None) -> np.ndarray:
+def _colour(rng: np.random.Generator, cls: int, bias: float, preferred: dict) -> np.ndarray:
     if rng.random() < bias:
-        k = int(rng.choice((preferred or _PREFERRED_COLOURS)[cls]))
+        k = int(rng.choice(preferred[cls]))
     else:
         k = int(rng.integers(len(PALETTE)))
     c = PALETTE[k] * rng.uniform(0.8, 1.2) + rng.normal(0.0, 10.0, size=3)
@@ -217,9 +224,7 @@ def _colour(rng: np.random.Generator, cls: int, bias: float, preferred=None) -> 
 def _appearance(
     rng: np.random.Generator, cls: int, p: SceneParams, num_fields: int, allow_split: bool = True
 ) -> _Appearance:
-    if p.class_colours not in ("shared", "distinct"):
-        raise ValueError(f"class_colours must be 'shared' or 'distinct', got {p.class_colours!r}")
-    preferred = _DISTINCT_COLOURS if p.class_colours == "distinct" else _PREFERRED_COLOURS
+    preferred = _CLASS_COLOURS[p.class_colours]
     c0 = _colour(rng, cls, p.colour_bias, preferred)
     if rng.random() < 0.5:
         c1 = _colour(rng, cls, p.colour_bias, preferred)
