@@ -2,20 +2,23 @@ r"""Judge ``synthetic_rgbd`` variants by the calibration criteria of issue 13 (n
 
     python -m experiments.calibrate_synthetic --workdir=/tmp/calib --variants=default,calib_a
     python -m experiments.calibrate_synthetic --workdir=/tmp/calib --variants=calib_c \
-        --steps=800 --budget=long --modes=baseline      # the long-budget criterion
+        --steps=1920 --budget=long --modes=baseline      # the long-budget criterion
     python -m experiments.calibrate_synthetic --workdir=/tmp/calib --variants=calib_e \
         --steps=450 --set='crop_size=(64, 80)' --modes=baseline   # another demo shape
 
 For each variant (a config of ``tfds_builders.synthetic_rgbd``): build it, print the mean
 off-centre depth weight H per stage (``experiments.depth_weight_stats``), train the RGB baseline
-(BL) and the depth-aware teacher (TN) with the ``synthetic.py:demo`` settings for ``--steps``, and
-check, without ever looking at a student:
+(BL) and the depth-aware teacher (TN) with the ``synthetic.py:demo`` settings for ``--steps``
+(default: the demo's), and check, without ever looking at a student:
 
 * **RGB is informative**: BL's IoU ≥ 5 on every class at the demo budget; ≥ 30 on every object
   class at a long budget;
 * **depth helps**: TN − BL ≥ 10 mIoU at the demo budget;
 * **the D-Conv sees what it sees on real data**: every stage's mean off-centre H (in-image pairs)
   within ±0.08 of the real NYUv2 frame at 480×640 (``REAL_FRAME_H``).
+
+Each record also holds the per-class IoU of a pixel-wise colour lookup (:func:`colour_lookup_iou`,
+no network): how much a single pixel's colour tells, whatever a network makes of it.
 
 Each variant's record (H per stage, per-class IoU of each run, the verdicts) is appended to
 ``<workdir>/calibration.jsonl`` and printed as Markdown. Runs live in
@@ -28,6 +31,7 @@ from __future__ import annotations
 import json
 import pathlib
 
+import numpy as np
 from absl import app, flags
 
 FLAGS = flags.FLAGS
@@ -107,6 +111,69 @@ def verdicts(record: dict, budget: str) -> dict[str, bool]:
     return out
 
 
+def colour_lookup_iou(
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    num_classes: int,
+    *,
+    bin_width: int = 16,
+) -> np.ndarray:
+    """Per-class test IoU (%) of the best pixel-wise colour lookup: no network, no context.
+
+    Every RGB colour, quantised into ``bin_width``-wide bins per channel, is given the class most
+    frequent among the train pixels of that bin (bins never seen: class 0). A bound from below on
+    what a single pixel's colour tells about its class.
+
+    Args:
+      train_images, test_images: uint8 ``(N, H, W, 3)``.
+      train_labels, test_labels: ``(N, H, W)``, 0..num_classes-1, anything else (void) ignored.
+      num_classes: number of classes.
+    Returns:
+      float64 ``(num_classes,)``: IoU in %, NaN for a class absent from both prediction and truth.
+    """
+    from drd_jax import metrics
+
+    bins = 256 // bin_width
+
+    def codes(images):
+        q = np.asarray(images, np.int64).reshape(-1, 3) // bin_width
+        return (q[:, 0] * bins + q[:, 1]) * bins + q[:, 2]
+
+    labels = np.asarray(train_labels, np.int64).reshape(-1)
+    keep = (labels >= 0) & (labels < num_classes)
+    counts = np.zeros((bins**3, num_classes), np.int64)
+    np.add.at(counts, (codes(train_images)[keep], labels[keep]), 1)
+    predictions = counts.argmax(axis=1)[codes(test_images)]
+    cm = np.asarray(
+        metrics.confusion_matrix(
+            np.asarray(test_labels).reshape(-1), predictions, num_classes=num_classes
+        ),
+        np.int64,
+    )
+    return 100.0 * np.asarray(metrics.per_class_iou(cm), np.float64)
+
+
+def dataset_colour_lookup_iou(
+    dataset: str, data_dir: str, *, num_train: int = 100, num_test: int = 50
+) -> dict[str, float]:
+    """:func:`colour_lookup_iou` of a built ``synthetic_rgbd`` config, by class name."""
+    from drd_jax import input_pipeline
+    from tfds_builders.synthetic_rgbd import CLASS_NAMES, NUM_CLASSES
+
+    def arrays(split, count):
+        source = input_pipeline.load_data_source(dataset, split, data_dir=data_dir)
+        examples = [source[i] for i in range(min(count, len(source)))]
+        images = np.stack([e["image"] for e in examples])
+        # Stored labels are 0 = void, 1..NUM_CLASSES; shift to 0-based with void = -1.
+        labels = np.stack([e["label"] for e in examples]).astype(np.int64) - 1
+        return images, labels
+
+    iou = colour_lookup_iou(*arrays("train", num_train), *arrays("test", num_test), NUM_CLASSES)
+    return {name: float(v) for name, v in zip(CLASS_NAMES, iou, strict=True)}
+
+
 def judge(
     variant: str, workdir: pathlib.Path, *, steps, budget, modes, seed, data_dir, overrides=None
 ) -> dict:
@@ -119,6 +186,7 @@ def judge(
     record = {"variant": variant, "steps": steps, "budget": budget, "seed": seed, "runs": {}}
     record["overrides"] = overrides
     record["h"] = depth_weight_stats.stage_means(depth)
+    record["colour_lookup_iou"] = dataset_colour_lookup_iou(dataset, data_dir)
     for mode in modes:
         config = run_config(variant, mode, steps, seed, data_dir, overrides)
         suffix = "".join(f"_{k}={v}" for k, v in sorted(overrides.items()))
@@ -154,6 +222,11 @@ def markdown(record: dict) -> str:
         for mode, r in runs.items():
             cells = " | ".join(f"{r['per_class_iou'][c]:.1f}" for c in classes)
             lines.append(f"| {mode} | {r['mean_iou']:.1f} | {cells} |")
+        lookup = record.get("colour_lookup_iou")
+        if lookup:
+            cells = " | ".join(f"{lookup[c]:.1f}" for c in classes)
+            mean = float(np.nanmean([lookup[c] for c in classes]))
+            lines.append(f"| colour lookup (one pixel, no network) | {mean:.1f} | {cells} |")
     lines += ["", "Criteria: " + ", ".join(f"{k} {v}" for k, v in record["verdicts"].items())]
     return "\n".join(lines) + "\n"
 
@@ -162,7 +235,7 @@ def define_flags() -> None:
     """The command line (defined only when run as a script, so importing this module is free)."""
     flags.DEFINE_string("workdir", None, "Where the runs and calibration.jsonl go.")
     flags.DEFINE_list("variants", ["default"], "synthetic_rgbd configs to judge.")
-    flags.DEFINE_integer("steps", 150, "Training steps per run (make demo: 150).")
+    flags.DEFINE_integer("steps", None, "Training steps per run (default: make demo's).")
     flags.DEFINE_enum(
         "budget", "demo", ["demo", "long"], "Which criteria --steps is judged by (demo or long)."
     )
@@ -184,11 +257,14 @@ def main(argv):
     data_dir = FLAGS.data_dir or str(workdir / "data")
     overrides = parse_overrides(FLAGS.set)
     workdir.mkdir(parents=True, exist_ok=True)
+    from experiments.configs import synthetic
+
+    steps = FLAGS.steps or synthetic.get_config("demo").num_train_steps
     for variant in FLAGS.variants:
         record = judge(
             variant,
             workdir,
-            steps=FLAGS.steps,
+            steps=steps,
             budget=FLAGS.budget,
             modes=FLAGS.modes,
             seed=FLAGS.seed,

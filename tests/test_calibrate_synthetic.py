@@ -1,5 +1,6 @@
 """experiments.calibrate_synthetic: the criteria of issue 13, on hand-made records."""
 
+import numpy as np
 import pytest
 
 from experiments import calibrate_synthetic as cal
@@ -60,7 +61,7 @@ def test_markdown_has_every_class_and_the_verdicts():
 def test_run_config_is_the_demo_config_on_the_variant():
     c = cal.run_config("calib_a", "teacher", 150, 1, "/tmp/x")
     assert c.dataset == "synthetic_rgbd/calib_a" and c.mode == "teacher" and c.seed == 1
-    assert c.optimizer == "adam" and c.width == 0.25 and c.num_train_steps == 150
+    assert c.optimizer == "adam" and c.width == 0.125 and c.num_train_steps == 150
     assert c.eval_every_steps == 37
     with pytest.raises(KeyError):
         c["no_such_field"]
@@ -75,3 +76,31 @@ def test_overrides_reach_the_run_config():
         cal.run_config("calib_a", "baseline", 150, 0, "/tmp/x", {"widht": 0.1})
     with pytest.raises(ValueError, match="field=value"):
         cal.parse_overrides(["width"])
+
+
+def test_colour_lookup_separates_classes_by_colour_and_no_more():
+    rng = np.random.default_rng(0)
+    colours = np.array([[200, 30, 30], [30, 200, 30], [30, 30, 200]], np.uint8)
+
+    def images(labels, palette):
+        return palette[labels]
+
+    train_labels = rng.integers(0, 3, size=(4, 8, 8))
+    test_labels = rng.integers(0, 3, size=(2, 8, 8))
+    # A colour of its own per class: the lookup is exact.
+    iou = cal.colour_lookup_iou(
+        images(train_labels, colours), train_labels, images(test_labels, colours), test_labels, 3
+    )
+    np.testing.assert_allclose(iou, 100.0)
+    # Classes 1 and 2 share a colour: the lookup cannot tell them apart.
+    shared = colours[[0, 1, 1]]
+    iou = cal.colour_lookup_iou(
+        images(train_labels, shared), train_labels, images(test_labels, shared), test_labels, 3
+    )
+    assert iou[0] == 100.0 and min(iou[1], iou[2]) < 100.0
+    # Void (label outside 0..2) is ignored on both sides.
+    void = np.where(test_labels == 2, 255, test_labels)
+    iou = cal.colour_lookup_iou(
+        images(train_labels, colours), train_labels, images(test_labels, colours), void, 3
+    )
+    assert iou[0] == 100.0 and iou[1] == 100.0

@@ -201,11 +201,16 @@ def test_depth_scale_shrinks_the_world_the_sensor_sees():
 
 
 def test_calibration_variants_are_configs_with_their_scene_overrides():
-    from tfds_builders.synthetic_rgbd.synthetic_rgbd_dataset_builder import CALIBRATION_VARIANTS
+    from tfds_builders.synthetic_rgbd.synthetic_rgbd_dataset_builder import (
+        CALIBRATED,
+        CALIBRATION_VARIANTS,
+    )
 
     configs = Builder.builder_configs
-    assert {"default", "tiny"} <= set(configs)
-    assert configs["default"].scene_params() == scenes.SceneParams()
+    assert {"default", "uncalibrated", "tiny"} <= set(configs)
+    assert configs["uncalibrated"].scene_params() == scenes.SceneParams()
+    assert configs["default"].scene_params() == scenes.SceneParams(**CALIBRATED)
+    assert configs["default"].scene_params() != scenes.SceneParams()
     for name, overrides in CALIBRATION_VARIANTS.items():
         params = configs[name].scene_params()
         for field, value in overrides.items():
