@@ -105,6 +105,30 @@ def _percent(x) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else 100.0 * x
 
 
+def _per_class_percent(per_class: dict) -> dict[str, float | None]:
+    return {k: _percent(v) for k, v in per_class.items()}
+
+
+def per_class_markdown(summary: dict) -> list[str]:
+    """Per-class test IoU (%) of every distinct run, and of the PS starting point, as a table."""
+    rows: dict[str, dict] = {}
+    for entries in summary["tables"].values():
+        for e in entries:
+            rows.setdefault(e["run"], {"label": e["row"], "iou": e["per_class_iou"]})
+    start = summary.get("ps_starting_point", {}).get("per_class_iou")
+    if start:
+        rows["ps_start"] = {"label": "PS start (TN's params, plain convs, RGB)", "iou": start}
+    if not rows:
+        return []
+    classes = list(next(iter(rows.values()))["iou"])
+    out = ["", "## Per-class IoU", "", "| run | row | " + " | ".join(classes) + " |"]
+    out += ["|" + "---|" * (len(classes) + 2)]
+    for key, r in rows.items():
+        cells = " | ".join(_cell(r["iou"].get(c)) for c in classes)
+        out.append(f"| {key} | {r['label']} | {cells} |")
+    return out
+
+
 def summarize(rows, results: dict, timing: dict) -> dict:
     """The ``results.json`` body for ``rows`` given each run's final metrics and timing."""
     from experiments.paper_results import paper_figures
@@ -121,7 +145,7 @@ def summarize(rows, results: dict, timing: dict) -> dict:
                 "mode": row.run.overrides["mode"],
                 "init": row.run.overrides["init"],
                 "ours": {k: _percent(m.get(k)) for k, _ in METRICS},
-                "per_class_iou": {k: _percent(v) for k, v in m["per_class_iou"].items()},
+                "per_class_iou": _per_class_percent(m["per_class_iou"]),
                 "paper": paper_figures(row.table, row.label),
                 "params_fingerprint": m["params_fingerprint"],
                 "train_seconds": timing[row.run.key]["seconds"],
@@ -184,6 +208,7 @@ def markdown(summary: dict, *, dataset: str, steps: int, width: float) -> str:
             f"before any student training): mPA {_cell(start['mean_pixel_accuracy'])}, "
             f"mIoU {_cell(start['mean_iou'])}, PA {_cell(start['pixel_accuracy'])}.",
         ]
+    out += per_class_markdown(summary)
     curves = summary.get("eval_curves", {})
     steps = sorted({step for curve in curves.values() for step, _ in curve})
     if steps:
@@ -256,6 +281,8 @@ def reproduce(
         # Where parameter sharing starts: the teacher's params with plain convs, RGB only.
         m = train.evaluate_run(run_params("tn"), depth_aware=False, data_dir=data_dir)
         summary["ps_starting_point"] = {k: _percent(m[k]) for k, _ in METRICS}
+        per_class = dict(zip(run_params("tn").class_names, m["per_class_iou"], strict=True))
+        summary["ps_starting_point"]["per_class_iou"] = _per_class_percent(per_class)
     figures_started = time.perf_counter()
     workdir.mkdir(parents=True, exist_ok=True)
     md = markdown(summary, dataset=config.dataset, steps=config.num_train_steps, width=config.width)

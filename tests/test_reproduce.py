@@ -160,11 +160,18 @@ def test_table1_writes_results_beside_the_paper(table1, capsys):
     tn = train.load_run(workdir / "runs" / "tn")
     plain = train.evaluate_run(tn, depth_aware=False)
     assert body["ps_starting_point"]["mean_iou"] == pytest.approx(100 * plain["mean_iou"])
+    start_iou = body["ps_starting_point"]["per_class_iou"]
+    for name, value in zip(tn.class_names, plain["per_class_iou"], strict=True):
+        assert start_iou[name] == (None if value is None else pytest.approx(100 * value))
     with_depth = train.evaluate_run(tn)
     tn_final = json.loads((workdir / "runs" / "tn" / "final_metrics.json").read_text())
     assert with_depth["confusion_matrix"] == tn_final["confusion_matrix"]
     md = (workdir / "results.md").read_text()
     assert "| SN | RGB |" in md and "| TN | RGB-D |" in md
+    # Per-class IoU of every run and of the PS starting point.
+    assert "## Per-class IoU" in md and "| ps_start | PS start" in md
+    sn_iou = entries[2]["per_class_iou"]
+    assert "| sn | SN | " + " | ".join(reproduce._cell(v) for v in sn_iou.values()) + " |" in md
     # The eval curve of every run ends with its final evaluation (the tiny runs evaluate only
     # at their last step, 4).
     assert set(body["eval_curves"]) == {"bl", "tn", "sn"}
