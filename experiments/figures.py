@@ -63,6 +63,7 @@ def qualitative_figure(
     test_source,
     *,
     num_images: int = 4,
+    depth_title: str = "Depth",
 ) -> pathlib.Path:
     """Writes the Fig. 4 style PNG for the first ``num_images`` test images; returns its path.
 
@@ -70,6 +71,8 @@ def qualitative_figure(
       path: the PNG to write (atomically).
       runs: column title -> a run read back with ``drd_jax.train.load_run`` (e.g. BL, TN, SN).
       test_source: the test split's data source (``input_pipeline.load_data_source``).
+      num_images: rows (the first test images).
+      depth_title: the depth column's title (e.g. which runs see it).
     """
     plt = _pyplot()
     first = next(iter(runs.values()))
@@ -83,7 +86,7 @@ def qualitative_figure(
         num_threads=0,
     )
     n = min(num_images, len(ds))
-    columns = ["RGB", "Depth", "GT", *runs]
+    columns = ["RGB", depth_title, "GT", *runs]
     fig, axes = plt.subplots(
         n, len(columns), figsize=(1.9 * len(columns), 1.6 * n + 0.9), squeeze=False
     )

@@ -290,10 +290,17 @@ def reproduce(
 
     figures.curves_figure(workdir / CURVES, {r.key: runs_dir / r.key for r in order})
     if "1" in tables and figure_images > 0:
-        columns = {"BL": "bl", "TN": "tn", "SN": "sn"}
+        # Each prediction column names what that network sees at test time.
+        columns = {"BL (RGB)": "bl", "TN (RGB-D)": "tn", "SN (RGB)": "sn"}
         shown = {name: run_params(key) for name, key in columns.items()}
         source = input_pipeline.load_data_source(config.dataset, "test", data_dir=data_dir)
-        figures.qualitative_figure(workdir / FIGURE, shown, source, num_images=figure_images)
+        figures.qualitative_figure(
+            workdir / FIGURE,
+            shown,
+            source,
+            num_images=figure_images,
+            depth_title="Depth (TN's input)",
+        )
     summary["seconds"] = {
         "data": round(data_seconds, 1),
         "runs": round(sum(t["seconds"] for t in timing.values()), 1),

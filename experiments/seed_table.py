@@ -70,6 +70,8 @@ def seed_table(results: list[dict], labels: list[str]) -> str:
             cells = [mean_sd([r["ours"][k] for r in rows]) for k, _ in METRICS]
             per_seed = ", ".join(f"{r['ours']['mean_iou']:.1f}" for r in rows)
             out.append(f"| {entry['row']} | {entry['input']} | {' | '.join(cells)} | {per_seed} |")
+    out += _ps_start_and_per_class(results)
+    out += _paper_target(results)
     curves = [body.get("eval_curves", {}) for body in results]
     if curves[0]:
         steps = sorted({s for c in curves for curve in c.values() for s, _ in curve})
@@ -81,6 +83,59 @@ def seed_table(results: list[dict], labels: list[str]) -> str:
             out.append(f"| {key} | " + " | ".join(mean_sd([a.get(s) for a in at]) for s in steps))
             out[-1] += " |"
     return "\n".join(out) + "\n"
+
+
+def _runs(body: dict) -> dict[str, dict]:
+    """Run key -> its first entry in ``body``'s tables (a run shared by rows appears once)."""
+    runs: dict[str, dict] = {}
+    for entries in body["tables"].values():
+        for e in entries:
+            runs.setdefault(e["run"], e)
+    return runs
+
+
+def _ps_start_and_per_class(results: list[dict]) -> list[str]:
+    """Mean ± sd of the PS starting point and of every run's per-class IoU."""
+    out: list[str] = []
+    starts = [body.get("ps_starting_point") for body in results]
+    if all(starts):
+        cells = [mean_sd([s[k] for s in starts]) for k, _ in METRICS]
+        out += ["", f"PS starting point (TN's parameters, plain convs, RGB): mIoU {cells[0]}, "]
+        out[-1] += f"mPA {cells[1]}."
+    runs = [_runs(body) for body in results]
+    if not all("per_class_iou" in e for r in runs for e in r.values()):
+        return out  # results.json written before per-class IoU was recorded
+    rows = {key: [r[key]["per_class_iou"] for r in runs] for key in runs[0]}
+    labels = {key: entry["row"] for key, entry in runs[0].items()}
+    if all(s and "per_class_iou" in s for s in starts):
+        rows["ps_start"] = [s["per_class_iou"] for s in starts]
+        labels["ps_start"] = "PS start"
+    classes = list(next(iter(rows.values()))[0])
+    out += ["", "### Per-class IoU", "", "| run | row | " + " | ".join(classes) + " |"]
+    out += ["|" + "---|" * (len(classes) + 2)]
+    for key, per_seed in rows.items():
+        cells = " | ".join(mean_sd([iou.get(c) for iou in per_seed]) for c in classes)
+        out.append(f"| {key} | {labels[key]} | {cells} |")
+    return out
+
+
+def _paper_target(results: list[dict]) -> list[str]:
+    """Issue 13's target on the seed means: SN − BL ≥ 0.5·(TN − BL) and BL < BL+PS ≤ SN."""
+    runs = [_runs(body) for body in results]
+    need = ("bl", "tn", "sn", "bl_ps")
+    if not all(k in runs[0] for k in need):
+        return []
+    mean = {k: statistics.mean(r[k]["ours"]["mean_iou"] for r in runs) for k in need}
+    kept = mean["sn"] - mean["bl"]
+    half_gain = 0.5 * (mean["tn"] - mean["bl"])
+    order = mean["bl"] < mean["bl_ps"] <= mean["sn"]
+    return [
+        "",
+        f"Target (seed means): SN − BL = {kept:.1f} against 0.5·(TN − BL) = {half_gain:.1f}: "
+        f"{'met' if kept >= half_gain else 'not met'}; BL < BL+PS ≤ BL+PS+VTCE "
+        f"({mean['bl']:.1f} / {mean['bl_ps']:.1f} / {mean['sn']:.1f}): "
+        f"{'holds' if order else 'does not hold'}.",
+    ]
 
 
 def main(argv):
