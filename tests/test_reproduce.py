@@ -244,3 +244,28 @@ def test_the_kd_table_trains_the_methods_on_the_same_teacher(table1, data_dir):
         assert e["paper"] == {}
     md = (workdir / "results.md").read_text()
     assert "## Distillation methods (table kd)" in md and "| BL+PS+pixel | RGB |" in md
+
+
+def test_student_variants_retrain_sn_exactly_and_change_only_what_is_asked(table1):
+    from experiments import student_variants
+
+    workdir, summary = table1
+    sn = next(e for e in summary["tables"]["1"] if e["row"] == "SN")
+    same = student_variants.parse_variant(f"same as SN:beta={summary['config']['beta']}")
+    no_vtce = student_variants.parse_variant("no VTCE:vtce_weight=0")
+    assert no_vtce == ("no VTCE", {"vtce_weight": 0})
+    rows = student_variants.collect([workdir], [same, no_vtce])
+    # Same config as SN (parameter sharing from runs/tn, same seed): the same result, bit for bit.
+    assert rows["same as SN"][0]["mean_iou"] == pytest.approx(sn["ours"]["mean_iou"], abs=1e-9)
+    config = json.loads((workdir / "variants" / "no_VTCE" / "config.json").read_text())["config"]
+    sn_config = json.loads((workdir / "runs" / "sn" / "config.json").read_text())["config"]
+    assert config["vtce_weight"] == 0.0
+    assert {k: v for k, v in config.items() if k != "vtce_weight"} == {
+        k: v for k, v in sn_config.items() if k != "vtce_weight"
+    }
+    md = student_variants.markdown(rows, [same, no_vtce])
+    assert "| SN | – |" in md and "| no VTCE | vtce_weight=0 |" in md
+    with pytest.raises(ValueError, match="--variant"):
+        student_variants.parse_variant("no label")
+    with pytest.raises(ValueError, match="no config field 'betta'"):
+        student_variants.collect([workdir], [("typo", {"betta": 1.0})])
