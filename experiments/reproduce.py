@@ -175,6 +175,8 @@ def _cell(x: float | None) -> str:
 
 def markdown(summary: dict, *, dataset: str, steps: int, width: float) -> str:
     """``results.md``: one Markdown table per paper table, ours beside the paper's."""
+    from experiments.seed_table import paper_target
+
     out = [
         f"# drd-jax results: {dataset}",
         "",
@@ -209,6 +211,7 @@ def markdown(summary: dict, *, dataset: str, steps: int, width: float) -> str:
             f"mIoU {_cell(start['mean_iou'])}, PA {_cell(start['pixel_accuracy'])}.",
         ]
     out += per_class_markdown(summary)
+    out += paper_target([summary])  # does the student keep the teacher's advantage?
     curves = summary.get("eval_curves", {})
     steps = sorted({step for curve in curves.values() for step, _ in curve})
     if steps:

@@ -201,6 +201,12 @@ def test_a_second_invocation_reuses_finished_runs_and_adds_table3(table1, data_d
     ]
     vtce = [h["scalars"]["vtce_loss"] for h in history if h["split"] == "train"]
     assert vtce and all(np.isfinite(vtce)) and max(vtce) > 0
+    # results.md says whether the student kept half of the teacher's gain over BL.
+    miou = {k: e["ours"]["mean_iou"] for k, e in t3.items()}
+    gain = 0.5 * (first["tables"]["1"][1]["ours"]["mean_iou"] - miou["BL"])
+    md = (workdir / "results.md").read_text()
+    kept = miou["BL+PS+VTCE"] - miou["BL"]
+    assert f"SN − BL = {kept:.1f} against 0.5·(TN − BL) = {gain:.1f}" in md
 
 
 def test_a_changed_config_is_not_silently_reused(table1, data_dir):
