@@ -62,7 +62,12 @@ def student_config(
     for field, value in overrides.items():
         if field not in config:
             raise ValueError(f"--variant: no config field {field!r}")
-        config[field] = type(config[field])(value) if isinstance(value, int | float) else value
+        if isinstance(config[field], float) and type(value) is int:
+            value = float(value)  # 'vtce_weight=0' means 0.0
+        try:
+            config[field] = value
+        except TypeError as e:
+            raise ValueError(f"--variant: {field}={value!r}: {e}") from None
     return config
 
 

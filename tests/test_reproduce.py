@@ -273,5 +273,7 @@ def test_student_variants_retrain_sn_exactly_and_change_only_what_is_asked(table
     assert "| SN | – |" in md and "| no VTCE | vtce_weight=0 |" in md
     with pytest.raises(ValueError, match="--variant"):
         student_variants.parse_variant("no label")
+    with pytest.raises(ValueError, match="init=0.1"):  # a float for a string field
+        student_variants.student_config(summary, workdir, {"init": 0.1})
     with pytest.raises(ValueError, match="no config field 'betta'"):
         student_variants.collect([workdir], [("typo", {"betta": 1.0})])
