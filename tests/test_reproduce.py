@@ -277,3 +277,17 @@ def test_student_variants_retrain_sn_exactly_and_change_only_what_is_asked(table
         student_variants.student_config(summary, workdir, {"init": 0.1})
     with pytest.raises(ValueError, match="no config field 'betta'"):
         student_variants.collect([workdir], [("typo", {"betta": 1.0})])
+
+
+def test_feature_similarity_compares_every_conv_layer_with_the_teacher(table1, data_dir):
+    from experiments import feature_similarity
+
+    workdir, _ = table1
+    result = feature_similarity.layer_similarity(workdir, num_images=2, max_positions=64)
+    assert set(result) == {"ps_start", "sn", "bl"}  # Table 1's runs; PS start from TN's params
+    tn = train.load_run(workdir / "runs" / "tn")
+    for per_layer in result.values():
+        assert list(per_layer) == list(tn.params)  # conv1_1 ... fc8, in forward order
+        assert all(0.0 <= v <= 1.0 + 1e-9 for v in per_layer.values()), per_layer
+    md = feature_similarity.markdown([result, result])
+    assert "| PS start (TN params, plain) |" in md and "| run | conv1_1 |" in md
