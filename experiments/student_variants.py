@@ -13,8 +13,9 @@ from that workdir's teacher ``runs/tn``, CE + VTCE) with the variant's config fi
 trains the variants from scratch instead (no parameter sharing: next to BL+VTCE).
 
 Prints, and with ``--output`` writes, a Markdown table: BL, BL+PS, BL+VTCE and SN of the workdirs
-for reference, then every variant; mIoU mean ± sd over the workdirs (the seeds), per seed, and
-per-class IoU.
+for reference, then every variant; mIoU mean ± sd over the workdirs (the seeds), the difference to
+BL+PS paired by seed (mean ± sd of the per-seed differences: the same teacher on both sides), per
+seed, and per-class IoU.
 """
 
 from __future__ import annotations
@@ -112,14 +113,22 @@ def markdown(rows: dict[str, list[dict]], variants: list[tuple[str, dict]]) -> s
 
     changes = dict(variants)
     classes = next(list(r[0]["per_class_iou"]) for r in rows.values() if r[0]["per_class_iou"])
-    head = ["row", "change", "mIoU", "per seed", *classes]
+    # Paired by seed: each row minus BL+PS of the same workdir (the same teacher).
+    reference = [e["mean_iou"] for e in rows.get("BL+PS", [])]
+    head = ["row", "change", "mIoU", "Δ to BL+PS (paired)", "per seed", *classes]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, entries in rows.items():
         change = ", ".join(f"{k}={v}" for k, v in changes.get(label, {}).items()) or "–"
         per_seed = ", ".join(f"{e['mean_iou']:.1f}" for e in entries)
         cells = [mean_sd([e["per_class_iou"].get(c) for e in entries]) for c in classes]
         miou = mean_sd([e["mean_iou"] for e in entries])
-        out.append(f"| {label} | {change} | {miou} | {per_seed} | " + " | ".join(cells) + " |")
+        delta = "–"
+        if len(reference) == len(entries) and label != "BL+PS":
+            delta = mean_sd([e["mean_iou"] - r for e, r in zip(entries, reference, strict=True)])
+            delta = delta if delta.startswith("-") else "+" + delta
+        out.append(
+            f"| {label} | {change} | {miou} | {delta} | {per_seed} | " + " | ".join(cells) + " |"
+        )
     return "\n".join(out) + "\n"
 
 

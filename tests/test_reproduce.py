@@ -271,6 +271,13 @@ def test_student_variants_retrain_sn_exactly_and_change_only_what_is_asked(table
     }
     md = student_variants.markdown(rows, [same, no_vtce])
     assert "| SN | – |" in md and "| no VTCE | vtce_weight=0 |" in md
+    # No BL+PS in Table 1: no paired difference.
+    assert "| no VTCE | vtce_weight=0 | " + f"{rows['no VTCE'][0]['mean_iou']:.1f} | – |" in md
+    with_ps = {"BL+PS": [{"mean_iou": 50.0, "per_class_iou": {"a": 1.0}}] * 2}
+    with_ps["x"] = [{"mean_iou": 53.0, "per_class_iou": {"a": 1.0}}, dict(with_ps["BL+PS"][0])]
+    with_ps["x"][1]["mean_iou"] = 49.0
+    md = student_variants.markdown(with_ps, [])
+    assert "| x | – | 51.0 ± 2.8 | +1.0 ± 2.8 | 53.0, 49.0 |" in md
     with pytest.raises(ValueError, match="--variant"):
         student_variants.parse_variant("no label")
     with pytest.raises(ValueError, match="init=0.1"):  # a float for a string field
