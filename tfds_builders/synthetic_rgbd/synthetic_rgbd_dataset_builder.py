@@ -82,7 +82,7 @@ CALIBRATED = CALIBRATION_VARIANTS["calib_f"]
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
-    """Procedural RGB-D scenes: wall, floor and objects at distinct depths, ambiguous colours."""
+    """Procedural RGB-D scenes: wall, floor and objects at distinct depths (README.md)."""
 
     VERSION = tfds.core.Version("2.0.0")
     RELEASE_NOTES = {
@@ -140,7 +140,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         return self.dataset_info_from_configs(
             description=(
                 "Procedural RGB-D semantic segmentation scenes (drd-jax): a wall, a floor and "
-                "objects at distinct depths with deliberately ambiguous colours. Classes (label "
+                "objects at distinct depths; how much colour tells depends on the config "
+                "(see its description). Classes (label "
                 f"1..{NUM_CLASSES}, 0 = void): {', '.join(CLASS_NAMES)}."
             ),
             features=rgbd_segmentation_features(
