@@ -160,9 +160,9 @@ def markdown(results: list[dict]) -> str:
 
 
 def main(argv):
-    workdirs = [pathlib.Path(w).expanduser().absolute() for w in argv[1:]]
-    if not workdirs:
-        raise app.UsageError("give one or more experiments.reproduce workdirs")
+    from experiments.seed_table import print_and_write, workdir_arguments
+
+    workdirs = workdir_arguments(argv)
     try:
         results = [
             layer_similarity(
@@ -177,11 +177,7 @@ def main(argv):
         print(f"error: {e}", file=sys.stderr)
         return 2
     md = "Linear CKA × 100 to TN (RGB-D), per conv layer (before ReLU):\n\n" + markdown(results)
-    print(md)
-    if FLAGS.output:
-        from drd_jax.files import atomic_write_text
-
-        atomic_write_text(pathlib.Path(FLAGS.output), md)
+    print_and_write(md, FLAGS.output)
     return 0
 
 

@@ -139,20 +139,30 @@ def paper_target(results: list[dict]) -> list[str]:
     ]
 
 
-def main(argv):
-    workdirs = argv[1:]
-    if not workdirs:
+def workdir_arguments(argv: list[str]) -> list[pathlib.Path]:
+    """The positional arguments of a command line: reproduce workdirs (at least one)."""
+    if len(argv) < 2:
         raise app.UsageError("give one or more experiments.reproduce workdirs")
+    return [pathlib.Path(w).expanduser().absolute() for w in argv[1:]]
+
+
+def print_and_write(md: str, output: str | None) -> None:
+    """Prints ``md``; with ``output``, also writes it there (atomically)."""
+    print(md)
+    if output:
+        from drd_jax.files import atomic_write_text
+
+        atomic_write_text(pathlib.Path(output), md)
+
+
+def main(argv):
+    workdirs = workdir_arguments(argv)
     try:
-        md = seed_table([read_results(w) for w in workdirs], workdirs)
+        md = seed_table([read_results(w) for w in workdirs], [str(w) for w in argv[1:]])
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(md)
-    if FLAGS.output:
-        from drd_jax.files import atomic_write_text
-
-        atomic_write_text(pathlib.Path(FLAGS.output), md)
+    print_and_write(md, FLAGS.output)
     return 0
 
 

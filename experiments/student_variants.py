@@ -133,23 +133,21 @@ def markdown(rows: dict[str, list[dict]], variants: list[tuple[str, dict]]) -> s
 
 
 def main(argv):
-    workdirs = [pathlib.Path(w).expanduser().absolute() for w in argv[1:]]
-    if not workdirs:
-        raise app.UsageError("give one or more experiments.reproduce workdirs")
+    from experiments.seed_table import print_and_write, workdir_arguments
+
+    workdirs = workdir_arguments(argv)
     try:
         variants = [parse_variant(v) for v in FLAGS.variant or []]
         rows = collect(workdirs, variants, scratch=FLAGS.scratch)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    md = markdown(rows, variants)
-    print(md)
+    print_and_write(markdown(rows, variants), FLAGS.output)
     if FLAGS.output:
         from drd_jax.files import atomic_write_text
 
-        output = pathlib.Path(FLAGS.output)
-        atomic_write_text(output, md)
-        atomic_write_text(output.with_suffix(".json"), json.dumps(rows, indent=1) + "\n")
+        rows_json = json.dumps(rows, indent=1) + "\n"
+        atomic_write_text(pathlib.Path(FLAGS.output).with_suffix(".json"), rows_json)
     return 0
 
 
