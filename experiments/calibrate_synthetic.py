@@ -69,6 +69,19 @@ def parse_overrides(items: list[str] | None) -> dict:
     return out
 
 
+def apply_overrides(config, overrides: dict, *, flag: str = "--set"):
+    """Sets ``overrides`` (field -> value) on ``config``; a ``ValueError`` naming ``flag`` for a
+    field the config lacks or a value of the wrong type (ints are taken for float fields)."""
+    for field, value in overrides.items():
+        if field not in config:
+            raise ValueError(f"{flag}: no config field {field!r}")
+        try:
+            config[field] = value
+        except TypeError as e:
+            raise ValueError(f"{flag}: {field}={value!r}: {e}") from None
+    return config
+
+
 def run_config(
     variant: str, mode: str, steps: int, seed: int, data_dir: str, overrides: dict | None = None
 ):
@@ -84,11 +97,7 @@ def run_config(
     c.seed = seed
     c.progress_bar = False
     c.write_curves = False
-    for field, value in (overrides or {}).items():
-        if field not in c:
-            raise ValueError(f"--set: no config field {field!r}")
-        c[field] = value
-    return c
+    return apply_overrides(c, overrides or {})
 
 
 def verdicts(record: dict, budget: str) -> dict[str, bool]:

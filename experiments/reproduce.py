@@ -101,32 +101,13 @@ def train_or_reuse(config, workdir: pathlib.Path) -> tuple[dict, float, bool]:
     return result, time.perf_counter() - start, False
 
 
-def _percent(x) -> float | None:
+def percent(x) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else 100.0 * x
 
 
-def _per_class_percent(per_class: dict) -> dict[str, float | None]:
-    return {k: _percent(v) for k, v in per_class.items()}
-
-
-def per_class_markdown(summary: dict) -> list[str]:
-    """Per-class test IoU (%) of every distinct run, and of the PS starting point, as a table."""
-    rows: dict[str, dict] = {}
-    for entries in summary["tables"].values():
-        for e in entries:
-            rows.setdefault(e["run"], {"label": e["row"], "iou": e["per_class_iou"]})
-    start = summary.get("ps_starting_point", {}).get("per_class_iou")
-    if start:
-        rows["ps_start"] = {"label": "PS start (TN's params, plain convs, RGB)", "iou": start}
-    if not rows:
-        return []
-    classes = list(next(iter(rows.values()))["iou"])
-    out = ["", "## Per-class IoU", "", "| run | row | " + " | ".join(classes) + " |"]
-    out += ["|" + "---|" * (len(classes) + 2)]
-    for key, r in rows.items():
-        cells = " | ".join(_cell(r["iou"].get(c)) for c in classes)
-        out.append(f"| {key} | {r['label']} | {cells} |")
-    return out
+def per_class_percent(per_class: dict) -> dict[str, float | None]:
+    """``{class: fraction}`` -> ``{class: %}`` (None stays None)."""
+    return {k: percent(v) for k, v in per_class.items()}
 
 
 def summarize(rows, results: dict, timing: dict) -> dict:
@@ -144,8 +125,8 @@ def summarize(rows, results: dict, timing: dict) -> dict:
                 "run": row.run.key,
                 "mode": row.run.overrides["mode"],
                 "init": row.run.overrides["init"],
-                "ours": {k: _percent(m.get(k)) for k, _ in METRICS},
-                "per_class_iou": _per_class_percent(m["per_class_iou"]),
+                "ours": {k: percent(m.get(k)) for k, _ in METRICS},
+                "per_class_iou": per_class_percent(m["per_class_iou"]),
                 "paper": paper_figures(row.table, row.label),
                 "params_fingerprint": m["params_fingerprint"],
                 "train_seconds": timing[row.run.key]["seconds"],
@@ -164,7 +145,7 @@ def eval_curves(run_dirs) -> dict[str, list[list[float]]]:
     for key, workdir in run_dirs.items():
         records = read_jsonl(pathlib.Path(workdir) / "metrics.jsonl")
         curves[key] = [
-            [r["step"], _percent(r["scalars"]["mean_iou"])] for r in records if r["split"] == "eval"
+            [r["step"], percent(r["scalars"]["mean_iou"])] for r in records if r["split"] == "eval"
         ]
     return curves
 
@@ -175,7 +156,7 @@ def _cell(x: float | None) -> str:
 
 def markdown(summary: dict, *, dataset: str, steps: int, width: float) -> str:
     """``results.md``: one Markdown table per paper table, ours beside the paper's."""
-    from experiments.seed_table import paper_target
+    from experiments.seed_table import paper_target, per_class_table
 
     out = [
         f"# drd-jax results: {dataset}",
@@ -210,7 +191,8 @@ def markdown(summary: dict, *, dataset: str, steps: int, width: float) -> str:
             f"before any student training): mPA {_cell(start['mean_pixel_accuracy'])}, "
             f"mIoU {_cell(start['mean_iou'])}, PA {_cell(start['pixel_accuracy'])}.",
         ]
-    out += per_class_markdown(summary)
+    start_label = "PS start (TN's params, plain convs, RGB)"
+    out += per_class_table([summary], heading="## Per-class IoU", start_label=start_label)
     out += paper_target([summary])  # does the student keep the teacher's advantage?
     curves = summary.get("eval_curves", {})
     steps = sorted({step for curve in curves.values() for step, _ in curve})
@@ -283,9 +265,9 @@ def reproduce(
     if any(r.run.key == "sn" for r in rows):
         # Where parameter sharing starts: the teacher's params with plain convs, RGB only.
         m = train.evaluate_run(run_params("tn"), depth_aware=False, data_dir=data_dir)
-        summary["ps_starting_point"] = {k: _percent(m[k]) for k, _ in METRICS}
+        summary["ps_starting_point"] = {k: percent(m[k]) for k, _ in METRICS}
         per_class = dict(zip(run_params("tn").class_names, m["per_class_iou"], strict=True))
-        summary["ps_starting_point"]["per_class_iou"] = _per_class_percent(per_class)
+        summary["ps_starting_point"]["per_class_iou"] = per_class_percent(per_class)
     figures_started = time.perf_counter()
     workdir.mkdir(parents=True, exist_ok=True)
     md = markdown(summary, dataset=config.dataset, steps=config.num_train_steps, width=config.width)

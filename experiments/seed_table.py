@@ -85,8 +85,9 @@ def seed_table(results: list[dict], labels: list[str]) -> str:
     return "\n".join(out) + "\n"
 
 
-def _runs(body: dict) -> dict[str, dict]:
-    """Run key -> its first entry in ``body``'s tables (a run shared by rows appears once)."""
+def runs_by_key(body: dict) -> dict[str, dict]:
+    """Run key -> its first entry in a ``results.json`` body's tables (a run shared by rows
+    appears once)."""
     runs: dict[str, dict] = {}
     for entries in body["tables"].values():
         for e in entries:
@@ -102,16 +103,27 @@ def _ps_start_and_per_class(results: list[dict]) -> list[str]:
         cells = [mean_sd([s[k] for s in starts]) for k, _ in METRICS]
         out += ["", f"PS starting point (TN's parameters, plain convs, RGB): mIoU {cells[0]}, "]
         out[-1] += f"mPA {cells[1]}."
-    runs = [_runs(body) for body in results]
+    return out + per_class_table(results)
+
+
+def per_class_table(
+    results: list[dict], *, heading: str = "### Per-class IoU", start_label: str = "PS start"
+) -> list[str]:
+    """Per-class IoU (mean ± sd over ``results``) of every distinct run, and of the PS starting
+    point where recorded; [] for results written before per-class IoU was recorded."""
+    runs = [runs_by_key(body) for body in results]
     if not all("per_class_iou" in e for r in runs for e in r.values()):
-        return out  # results.json written before per-class IoU was recorded
+        return []
     rows = {key: [r[key]["per_class_iou"] for r in runs] for key in runs[0]}
     labels = {key: entry["row"] for key, entry in runs[0].items()}
+    starts = [body.get("ps_starting_point") for body in results]
     if all(s and "per_class_iou" in s for s in starts):
         rows["ps_start"] = [s["per_class_iou"] for s in starts]
-        labels["ps_start"] = "PS start"
+        labels["ps_start"] = start_label
+    if not rows:
+        return []
     classes = list(next(iter(rows.values()))[0])
-    out += ["", "### Per-class IoU", "", "| run | row | " + " | ".join(classes) + " |"]
+    out = ["", heading, "", "| run | row | " + " | ".join(classes) + " |"]
     out += ["|" + "---|" * (len(classes) + 2)]
     for key, per_seed in rows.items():
         cells = " | ".join(mean_sd([iou.get(c) for iou in per_seed]) for c in classes)
@@ -121,7 +133,7 @@ def _ps_start_and_per_class(results: list[dict]) -> list[str]:
 
 def paper_target(results: list[dict]) -> list[str]:
     """Issue 13's target on the seed means: SN − BL ≥ 0.5·(TN − BL) and BL < BL+PS ≤ SN."""
-    runs = [_runs(body) for body in results]
+    runs = [runs_by_key(body) for body in results]
     need = ("bl", "tn", "sn", "bl_ps")
     if not all(k in runs[0] for k in need):
         return []

@@ -56,37 +56,26 @@ def student_config(
     results: dict, workdir: pathlib.Path, overrides: dict, *, scratch: bool = False
 ) -> ml_collections.ConfigDict:
     """The workdir's SN config (its base config, PS from ``runs/tn``) with ``overrides``."""
+    from experiments.calibrate_synthetic import apply_overrides
+
     config = ml_collections.ConfigDict(results["config"])
     config.mode = "student"
     config.init = "scratch" if scratch else "teacher"
     config.teacher_workdir = str(workdir / "runs" / "tn")
-    for field, value in overrides.items():
-        if field not in config:
-            raise ValueError(f"--variant: no config field {field!r}")
-        if isinstance(config[field], float) and type(value) is int:
-            value = float(value)  # 'vtce_weight=0' means 0.0
-        try:
-            config[field] = value
-        except TypeError as e:
-            raise ValueError(f"--variant: {field}={value!r}: {e}") from None
-    return config
-
-
-def _percent(x) -> float | None:
-    return None if x is None else 100.0 * x
+    return apply_overrides(config, overrides, flag="--variant")
 
 
 def collect(workdirs: list[pathlib.Path], variants: list[tuple[str, dict]], *, scratch=False):
     """Trains (or reuses) every variant on every workdir; returns ``{label: [entry per seed]}``
     where an entry is ``{"mean_iou": %, "per_class_iou": {name: %}}``."""
-    from experiments.reproduce import train_or_reuse
-    from experiments.seed_table import read_results
+    from experiments.reproduce import per_class_percent, percent, train_or_reuse
+    from experiments.seed_table import read_results, runs_by_key
 
     rows: dict[str, list[dict]] = {}
     for workdir in workdirs:
         results = read_results(workdir)
-        runs = {e["run"]: e for entries in results["tables"].values() for e in entries}
-        if "tn" not in runs and not (workdir / "runs" / "tn").is_dir():
+        runs = runs_by_key(results)
+        if not (workdir / "runs" / "tn").is_dir():
             raise ValueError(f"{workdir}: no teacher run (runs/tn); reproduce Table 1 or 3 there")
         for key, label in REFERENCE_RUNS:
             if key in runs:
@@ -100,8 +89,8 @@ def collect(workdirs: list[pathlib.Path], variants: list[tuple[str, dict]], *, s
             final, _, _ = train_or_reuse(config, run_dir)
             rows.setdefault(label, []).append(
                 {
-                    "mean_iou": _percent(final["mean_iou"]),
-                    "per_class_iou": {k: _percent(v) for k, v in final["per_class_iou"].items()},
+                    "mean_iou": percent(final["mean_iou"]),
+                    "per_class_iou": per_class_percent(final["per_class_iou"]),
                 }
             )
     return rows
