@@ -287,7 +287,7 @@ def test_student_variants_retrain_sn_exactly_and_change_only_what_is_asked(table
         student_variants.collect([workdir], [("typo", {"betta": 1.0})])
 
 
-def test_feature_similarity_compares_every_conv_layer_with_the_teacher(table1, data_dir):
+def test_feature_similarity_compares_every_conv_layer_with_the_teacher(table1):
     from experiments import feature_similarity
 
     workdir, _ = table1
