@@ -1,11 +1,11 @@
 """Catching a training loss that explodes while it is still finite.
 
-The in-step ``finite`` flag (``train.train_step``) stops a run at the first inf or NaN. A run can
-diverge long before that: a loss going 1.2 → 6.5e4 → 1.4e13 over 100 steps is finite at every
-step, and every checkpoint saved meanwhile is garbage. :class:`DivergenceMonitor` watches one
-non-negative loss on the host and reports the first value that exceeds ``factor`` times the median
-of the recent ones; the training loop then stops without saving, so the newest checkpoint is the
-last good one (see :class:`TrainingDivergedError`).
+The in-step ``finite`` flag (``steps.train_step``, built with :func:`all_finite`) stops a run at
+the first inf or NaN. A run can diverge long before that: a loss going 1.2 → 6.5e4 → 1.4e13 over
+100 steps is finite at every step, and every checkpoint saved meanwhile is garbage.
+:class:`DivergenceMonitor` watches one non-negative loss on the host and reports the first value
+that exceeds ``factor`` times the median of the recent ones; the training loop then stops without
+saving, so the newest checkpoint is the last good one (see :class:`TrainingDivergedError`).
 
 The loop watches the pixel-wise cross-entropy (``ce_loss``): every mode has it, it is ≥ 0, it
 starts near log K (K classes), and any blow-up of the network shows in it. The total loss is not
@@ -19,7 +19,15 @@ import collections
 import math
 import statistics
 
-__all__ = ["DivergenceMonitor", "TrainingDivergedError"]
+import jax
+import jax.numpy as jnp
+
+__all__ = ["DivergenceMonitor", "TrainingDivergedError", "all_finite"]
+
+
+def all_finite(tree) -> jax.Array:
+    """Whether every element of every leaf of ``tree`` is finite (a scalar bool, traceable)."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
 class TrainingDivergedError(FloatingPointError):

@@ -423,3 +423,19 @@ def load_data_source(
     if prepare:
         builder.download_and_prepare(file_format="array_record")
     return builder.as_data_source(split=split)
+
+
+def dataset_class_names(dataset: str, data_source) -> list[str]:
+    """Class names of ``dataset`` from its data source's metadata (or, for datasets built before
+    it recorded them, the builder module's ``CLASS_NAMES``)."""
+    info = getattr(data_source, "dataset_info", None)
+    meta = getattr(info, "metadata", None) or {}
+    if "class_names" in meta:
+        return list(meta["class_names"])
+    module = importlib.import_module(f"tfds_builders.{dataset.partition('/')[0]}")
+    if not hasattr(module, "CLASS_NAMES"):
+        raise ValueError(
+            f"config.dataset: the built {dataset!r} records no class names in its metadata; "
+            "rebuild it with this version of tfds_builders (python -m tfds_builders.build)"
+        )
+    return list(module.CLASS_NAMES)

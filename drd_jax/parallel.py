@@ -22,11 +22,17 @@ from flax import jax_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-__all__ = ["DataParallel", "MESH_AXIS", "PARALLEL", "PMAP_AXIS"]
+__all__ = ["DataParallel", "MESH_AXIS", "PARALLEL", "PMAP_AXIS", "sum_over_devices"]
 
 PARALLEL = ("jit", "pmap")
 PMAP_AXIS = "batch"
 MESH_AXIS = "data"
+
+
+def sum_over_devices(tree, axis_name: str | None):
+    """``lax.psum(tree, axis_name)`` inside ``pmap``; ``tree`` itself when ``axis_name`` is None
+    (``jit``, where the arrays are already global)."""
+    return tree if axis_name is None else jax.lax.psum(tree, axis_name)
 
 
 class DataParallel:

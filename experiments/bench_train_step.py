@@ -3,7 +3,7 @@ r"""Benchmark: one jitted training step of the teacher (D-Conv everywhere) again
     python -m experiments.bench_train_step                        # full width, 240×320, batch 2
     python -m experiments.bench_train_step --width=0.25 --height=96 --width_px=128 --batch=8
 
-Both steps are ``drd_jax.train.train_step`` (SGD, momentum, weight decay: the paper's optimiser)
+Both steps are ``drd_jax.steps.train_step`` (SGD, momentum, weight decay: the paper's optimiser)
 on the same random batch, jitted with the state donated, as ``train_and_evaluate`` runs them:
 
 * ``teacher``: ``mode='teacher'``, depth-aware convs everywhere (``--depth_aware_layers``), CE;
@@ -20,7 +20,6 @@ Not a test: numbers depend on the machine.
 
 from __future__ import annotations
 
-import functools
 import statistics
 import time
 
@@ -29,7 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from drd_jax import distillation, train
+from drd_jax import distillation, steps
+from drd_jax import state as state_lib
 from experiments.configs import base
 
 _WIDTH = flags.DEFINE_float("width", 1.0, "Width multiplier of DeepLab-VGG16 (1 = full).")
@@ -72,25 +72,16 @@ def _program(mode: str, *, teacher_params=None, teacher_model=None):
     """(compiled step, state, teacher params, compile seconds) for ``mode``."""
     config = _config(mode)
     k = _CLASSES.value
-    state = train.create_train_state(config, jax.random.PRNGKey(0), num_classes=k)
-    model = train.make_model(config, k)
+    state = state_lib.create_train_state(config, jax.random.PRNGKey(0), num_classes=k)
+    model = state_lib.make_model(config, k)
     if _DTYPE.value == "bfloat16" or _IMPL.value != "fast":
         model = model.clone(
             dtype=jnp.bfloat16 if _DTYPE.value == "bfloat16" else model.dtype,
             conv_implementation=_IMPL.value,
         )
         state = state.replace(apply_fn=model.apply)
-    step = functools.partial(
-        train.train_step,
-        num_classes=k,
-        use_depth=mode == "teacher",
-        learning_rate_fn=train.make_learning_rate_fn(config),
-        distillation=None
-        if teacher_model is None
-        else distillation.Distillation(teacher_model=teacher_model, vtce_weight=1.0),
-        num_train_images=1000,
-        global_batch_size=_BATCH.value,
-    )
+    kd = None if teacher_model is None else distillation.make_distillation(config, teacher_model)
+    step = steps.make_train_step(config, num_classes=k, num_train_images=1000, distillation=kd)
     jitted = jax.jit(step, donate_argnums=(0,))
     batch = _batch(np.random.default_rng(0))
     start = time.perf_counter()
@@ -106,7 +97,7 @@ def main(argv):
     programs = {"student": _program("baseline"), "teacher": _program("teacher")}
     if _VTCE.value:
         teacher_config = _config("teacher")
-        teacher_model = train.make_model(teacher_config, _CLASSES.value)
+        teacher_model = state_lib.make_model(teacher_config, _CLASSES.value)
         teacher_params = jax.tree.map(jnp.copy, programs["teacher"][1].params)
         programs["student+vtce"] = _program(
             "baseline", teacher_params=teacher_params, teacher_model=teacher_model

@@ -99,12 +99,13 @@ def layer_similarity(
 ) -> dict:
     """``{run key: {layer: CKA to TN}}`` for the runs of ``COMPARED`` found in ``workdir``
     (test images from ``data_dir``, default the teacher's)."""
-    from drd_jax import input_pipeline, train
+    from drd_jax import config as config_lib
+    from drd_jax import input_pipeline, runs
 
     runs_dir = workdir / "runs"
-    tn = train.load_run(runs_dir / "tn")
+    tn = runs.load_run(runs_dir / "tn")
     source = input_pipeline.load_data_source(
-        tn.config.dataset, "test", data_dir=data_dir or train.resolve_data_dir(tn.config)
+        tn.config.dataset, "test", data_dir=data_dir or config_lib.resolve_data_dir(tn.config)
     )
     ds = input_pipeline.create_eval_dataset(source, num_classes=len(tn.class_names), batch_size=1)
 
@@ -114,7 +115,7 @@ def layer_similarity(
     }
     for key, _ in COMPARED[1:]:
         if (runs_dir / key).is_dir():
-            run = train.load_run(runs_dir / key)
+            run = runs.load_run(runs_dir / key)
             models[key] = (run.make_model(), run.params)
     fns = {key: conv_output_fn(model) for key, (model, _) in models.items()}
     rng = np.random.default_rng(0)

@@ -10,18 +10,16 @@ matplotlib (Agg backend) only; no display needed.
 
 from __future__ import annotations
 
-import functools
 import os
 import pathlib
 from collections.abc import Mapping
 
-import jax
 import numpy as np
 
 from drd_jax import input_pipeline
 from drd_jax.files import atomic_write_bytes
 from drd_jax.metric_writers import read_jsonl
-from drd_jax.train import RunCheckpoint
+from drd_jax.runs import RunCheckpoint
 from drd_jax.visualize import class_palette, colorize_depth, colorize_labels
 
 __all__ = ["curves_figure", "predict_labels", "qualitative_figure"]
@@ -44,17 +42,9 @@ def _save(fig, path: pathlib.Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-@functools.cache
-def _apply_fn(model):
-    return jax.jit(lambda params, image, depth: model.apply({"params": params}, image, depth))
-
-
 def predict_labels(run: RunCheckpoint, batch: Mapping[str, np.ndarray]) -> np.ndarray:
     """0-based class ids ``(N, H, W)`` of an eval batch (depth used only by a teacher run)."""
-    model = run.make_model()
-    depth = batch["depth"] if model.depth_aware else None
-    logits = _apply_fn(model)(run.params, batch["image"], depth)
-    return np.asarray(jax.device_get(logits.argmax(-1)))
+    return run.predictor()(batch["image"], batch["depth"])
 
 
 def qualitative_figure(
@@ -69,7 +59,7 @@ def qualitative_figure(
 
     Args:
       path: the PNG to write (atomically).
-      runs: column title -> a run read back with ``drd_jax.train.load_run`` (e.g. BL, TN, SN).
+      runs: column title -> a run read back with ``drd_jax.runs.load_run`` (e.g. BL, TN, SN).
       test_source: the test split's data source (``input_pipeline.load_data_source``).
       num_images: rows (the first test images).
       depth_title: the depth column's title (e.g. which runs see it).

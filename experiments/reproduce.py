@@ -83,12 +83,13 @@ def run_config(base: ml_collections.ConfigDict, run, runs_dir: pathlib.Path):
 
 def train_or_reuse(config, workdir: pathlib.Path) -> tuple[dict, float, bool]:
     """``(final_metrics, seconds, reused)``; reuses a finished run with the same config."""
-    from drd_jax import train
+    from drd_jax import config as config_lib
+    from drd_jax import runs, train
 
-    final = workdir / train.FINAL_METRICS_NAME
+    final = workdir / runs.FINAL_METRICS_NAME
     if final.is_file():
         done = json.loads(final.read_text())
-        if done.get("config_fingerprint") == train.fingerprint(config):
+        if done.get("config_fingerprint") == config_lib.fingerprint(config):
             logging.info("reusing %s", workdir)
             return done, 0.0, True
     start = time.perf_counter()
@@ -220,7 +221,8 @@ def reproduce(
 
     ``kd_methods``: table kd's methods (``protocols.KD_METHODS`` keys; default all).
     """
-    from drd_jax import input_pipeline, train
+    from drd_jax import config as config_lib
+    from drd_jax import input_pipeline, runs
     from drd_jax.files import atomic_write_text
     from experiments import figures, protocols
 
@@ -240,7 +242,7 @@ def reproduce(
         )
     ]
     started = time.perf_counter()
-    data_dir = train.resolve_data_dir(config)
+    data_dir = config_lib.resolve_data_dir(config)
     # Build the dataset first (synthetic_rgbd is generated here; real datasets must be built).
     input_pipeline.load_data_source(config.dataset, "train", data_dir=data_dir, prepare=True)
     data_seconds = time.perf_counter() - started
@@ -259,12 +261,12 @@ def reproduce(
 
     def run_params(key: str):
         if key not in loaded:
-            loaded[key] = train.load_run(runs_dir / key)
+            loaded[key] = runs.load_run(runs_dir / key)
         return loaded[key]
 
     if any(r.run.key == "sn" for r in rows):
         # Where parameter sharing starts: the teacher's params with plain convs, RGB only.
-        m = train.evaluate_run(run_params("tn"), depth_aware=False, data_dir=data_dir)
+        m = runs.evaluate_run(run_params("tn"), depth_aware=False, data_dir=data_dir)
         summary["ps_starting_point"] = {k: percent(m[k]) for k, _ in METRICS}
         per_class = dict(zip(run_params("tn").class_names, m["per_class_iou"], strict=True))
         summary["ps_starting_point"]["per_class_iou"] = per_class_percent(per_class)

@@ -168,24 +168,14 @@ def encode_png(array: np.ndarray) -> bytes:
 
 def predict_labels(run, inputs: list[Input]) -> list[np.ndarray]:
     """Argmax class ids (uint8 (H, W)) of every input, one image at a time at its own size."""
-    import jax
-    import jax.numpy as jnp
-
     from drd_jax.data import transforms
 
-    model = run.make_model()
-
-    @jax.jit  # compiled once per distinct image size
-    def predict(params, image, depth):
-        logits = model.apply({"params": params}, image, depth, train=False)
-        return jnp.argmax(logits, axis=-1)
-
-    params = jax.device_put(run.params)
+    predict = run.predictor()  # compiled once per distinct image size
     out = []
     for x in inputs:
         image = transforms.normalize_image(x.image)[None]  # as in evaluation
-        depth = x.depth[None] if model.depth_aware else None
-        out.append(np.asarray(predict(params, image, depth))[0].astype(np.uint8))
+        depth = None if x.depth is None else x.depth[None]
+        out.append(predict(image, depth)[0].astype(np.uint8))
     return out
 
 
@@ -227,10 +217,10 @@ def segment(
             if p.resolve() in resolved:
                 raise SegmentError(f"output {p} would overwrite the input image of that name")
 
-    from drd_jax import train, visualize
+    from drd_jax import runs, visualize
 
     try:
-        config, _ = train.read_run_config(checkpoint)
+        config, _ = runs.read_run_config(checkpoint)
     except (FileNotFoundError, ValueError) as e:
         raise SegmentError(f"--checkpoint: {e}") from None
     mode = config.get("mode")
@@ -245,7 +235,7 @@ def segment(
             "drop --depth"
         )
     try:
-        run = train.load_run(checkpoint, checkpoint=which)
+        run = runs.load_run(checkpoint, checkpoint=which)
     except (FileNotFoundError, ValueError) as e:
         raise SegmentError(f"--checkpoint: {e}") from None
     num_classes = len(run.class_names)

@@ -11,7 +11,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from drd_jax import distillation, losses, train
+from drd_jax import config as config_lib
+from drd_jax import distillation, losses, parallel, runs, steps, train
+from drd_jax import state as state_lib
 from drd_jax.metric_writers import read_jsonl
 from drd_jax.models import FEATURE_LAYERS, DeepLabVGG16, apply_with_features
 from experiments.configs import synthetic
@@ -59,25 +61,19 @@ def _batch(seed, n=2, size=32):
 
 @functools.cache
 def _teacher_params():
-    return train._init_params(tiny(), jax.random.PRNGKey(7), NUM_CLASSES)
+    return state_lib.init_params(tiny(), jax.random.PRNGKey(7), NUM_CLASSES)
 
 
 def _setup(**weights):
     """(config, state, Distillation, step function) of a student with ``weights``."""
-    config = tiny(**weights)
+    config = tiny(batch_size=2, **weights)  # the global batch of _batch()
     # A plain network stands in for the teacher here (these tests are about the student's step;
     # compiling a D-Conv teacher would only slow them down). Whole runs below use a real one.
-    teacher_model = train.make_model(config, NUM_CLASSES, depth_aware=False)
-    state = train.create_train_state(config, jax.random.PRNGKey(0), num_classes=NUM_CLASSES)
+    teacher_model = state_lib.make_model(config, NUM_CLASSES, depth_aware=False)
+    state = state_lib.create_train_state(config, jax.random.PRNGKey(0), num_classes=NUM_CLASSES)
     kd = distillation.make_distillation(config, teacher_model)
-    step = functools.partial(
-        train.train_step,
-        num_classes=NUM_CLASSES,
-        use_depth=False,
-        learning_rate_fn=train.make_learning_rate_fn(config),
-        distillation=kd,
-        num_train_images=16,
-        global_batch_size=2,
+    step = steps.make_train_step(
+        config, num_classes=NUM_CLASSES, num_train_images=16, distillation=kd
     )
     return config, state, kd, step
 
@@ -121,24 +117,24 @@ def test_features_come_from_the_same_forward_pass():
 )
 def test_config_errors_name_the_field(overrides, field):
     with pytest.raises(ValueError, match=f"config.{field}"):
-        train.validate_config(tiny(**overrides))
+        config_lib.validate_config(tiny(**overrides))
 
 
 def test_runs_without_the_new_methods_keep_their_fingerprint():
     config = tiny()
     old = ml_collections.ConfigDict(config.to_dict())
-    for field in train.KD_FIELDS:  # a config written before these fields existed
+    for field in distillation.KD_FIELDS:  # a config written before these fields existed
         del old[field]
-    assert train.fingerprint(old) == train.fingerprint(config)
+    assert config_lib.fingerprint(old) == config_lib.fingerprint(config)
     changed = tiny(critic_learning_rate=1e-3)  # irrelevant while no method uses it
-    assert train.fingerprint(changed) == train.fingerprint(config)
+    assert config_lib.fingerprint(changed) == config_lib.fingerprint(config)
     on = tiny(holistic_kd_weight=0.1)
-    assert train.fingerprint(on) != train.fingerprint(config)
-    assert train.fingerprint(on) != train.fingerprint(
+    assert config_lib.fingerprint(on) != config_lib.fingerprint(config)
+    assert config_lib.fingerprint(on) != config_lib.fingerprint(
         tiny(holistic_kd_weight=0.1, **{"critic_learning_rate": 1e-3})
     )
     # Such a config still makes a train state (load_run of an old student run does this).
-    state = train.create_train_state(old, jax.random.PRNGKey(0), num_classes=NUM_CLASSES)
+    state = state_lib.create_train_state(old, jax.random.PRNGKey(0), num_classes=NUM_CLASSES)
     assert state.critic is None and state.adapter is None
 
 
@@ -252,7 +248,7 @@ def test_pmap_jit_and_one_device_agree_with_the_critic_and_adapter():
     batches = [_batch(10), _batch(11)]
     results = {}
     for kind, devices in (("jit", 1), ("pmap", 2)):  # (jit over 2 devices: test_train.py)
-        par = train.DataParallel(kind, devices)
+        par = parallel.DataParallel(kind, devices)
         fn = par.compile(step)
         state = par.put_state(state0)
         tparams = par.put_state(teacher_params)
@@ -321,7 +317,7 @@ def test_the_autoencoder_stage_learns_and_a_resumed_run_does_not_redo_it(
     resumed = train.train_and_evaluate(config, part)
     assert stage_file.read_bytes() == before
     assert resumed["params_fingerprint"] == result["params_fingerprint"]
-    final = json.loads((part / train.FINAL_METRICS_NAME).read_text())
+    final = json.loads((part / runs.FINAL_METRICS_NAME).read_text())
     assert final["confusion_matrix"] == result["confusion_matrix"]
-    run = train.load_run(part)
+    run = runs.load_run(part)
     assert run.params is not None and run.config.adaptation_weight == 50.0

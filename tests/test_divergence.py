@@ -10,7 +10,8 @@ import ml_collections
 import pytest
 from helpers import tiny
 
-from drd_jax import divergence, train
+from drd_jax import config as config_lib
+from drd_jax import divergence, runs, steps, train
 from drd_jax.checkpointing import Checkpointer
 from drd_jax.divergence import DivergenceMonitor, TrainingDivergedError
 from drd_jax.metric_writers import read_jsonl
@@ -63,12 +64,14 @@ def test_divergence_factor_is_checked_and_not_in_the_fingerprint():
     for bad in (0.5, 1.0, -1.0):
         c.divergence_factor = bad
         with pytest.raises(ValueError, match=r"config\.divergence_factor"):
-            train.validate_config(c)
+            config_lib.validate_config(c)
     c.divergence_factor = 0.0
-    train.validate_config(c)
+    config_lib.validate_config(c)
     old = ml_collections.ConfigDict(c.to_dict())
     del old["divergence_factor"]  # a workdir written before the field existed
-    assert train.fingerprint(old) == train.fingerprint(c) == train.fingerprint(tiny(""))
+    assert (
+        config_lib.fingerprint(old) == config_lib.fingerprint(c) == config_lib.fingerprint(tiny(""))
+    )
 
 
 EXPLODES_AT = 12  # the step (counter before the update) whose cross-entropy is multiplied
@@ -81,14 +84,14 @@ def exploding_cross_entropy(monkeypatch):
     The loop sees what it would see from a diverging run (finite, huge); everything after the
     step (the check, the error, the checkpoints, the resume) is the real code.
     """
-    real_step = train.train_step
+    real_step = steps.train_step
 
     def step(state, *args, **kwargs):
         new_state, metrics = real_step(state, *args, **kwargs)
         blown = jnp.where(state.step >= EXPLODES_AT, 1e4, 1.0)
         return new_state, {**metrics, "ce_loss": metrics["ce_loss"] * blown}
 
-    monkeypatch.setattr(train, "train_step", step)
+    monkeypatch.setattr(steps, "train_step", step)
 
 
 def test_an_exploding_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
@@ -102,7 +105,7 @@ def test_an_exploding_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
     assert "last good checkpoint: step 10" in message and "divergence_factor" in message
     assert re.search(r"limit 100 x", message)
     assert any("diverged at step 12" in r.getMessage() for r in caplog.records)  # logged too
-    assert not (tmp_path / train.FINAL_METRICS_NAME).exists()
+    assert not (tmp_path / runs.FINAL_METRICS_NAME).exists()
     body = json.loads((tmp_path / "config.json").read_text())
     ckpt = Checkpointer(tmp_path, config_fingerprint=body["config_fingerprint"], read_only=True)
     try:

@@ -294,14 +294,14 @@ def test_894_names_cell_missing_or_wrong(shared_data, tmp_path):
 
 
 def test_train_reads_the_13_class_names_of_a_built_source(shared_data, tmp_path):
-    from drd_jax import input_pipeline, train
+    from drd_jax import input_pipeline
 
     frames = _small_frames(3)
     manual = _small_manual(tmp_path / "m", shared_data, frames, [1, 3], [2])
     _build("13", tmp_path / "d", manual)
     source = input_pipeline.load_data_source("nyuv2/13", "train", data_dir=str(tmp_path / "d"))
     assert len(source) == 2
-    names = train.dataset_class_names("nyuv2/13", source)
+    names = input_pipeline.dataset_class_names("nyuv2/13", source)
     assert names == list(nyuv2.CLASS_NAMES_13) == _names_file(shared_data, 13)
 
 

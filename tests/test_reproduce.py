@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from drd_jax import train
+from drd_jax import runs as runs_lib
 from experiments import paper_results, protocols, reproduce
 from experiments.configs import synthetic
 
@@ -157,13 +157,13 @@ def test_table1_writes_results_beside_the_paper(table1, capsys):
     assert sn_config["mode"] == "student" and sn_config["init"] == "teacher"
     assert pathlib.Path(sn_config["teacher_workdir"]) == workdir / "runs" / "tn"
     # Where PS starts: the teacher's params without depth, evaluated independently here.
-    tn = train.load_run(workdir / "runs" / "tn")
-    plain = train.evaluate_run(tn, depth_aware=False)
+    tn = runs_lib.load_run(workdir / "runs" / "tn")
+    plain = runs_lib.evaluate_run(tn, depth_aware=False)
     assert body["ps_starting_point"]["mean_iou"] == pytest.approx(100 * plain["mean_iou"])
     start_iou = body["ps_starting_point"]["per_class_iou"]
     for name, value in zip(tn.class_names, plain["per_class_iou"], strict=True):
         assert start_iou[name] == (None if value is None else pytest.approx(100 * value))
-    with_depth = train.evaluate_run(tn)
+    with_depth = runs_lib.evaluate_run(tn)
     tn_final = json.loads((workdir / "runs" / "tn" / "final_metrics.json").read_text())
     assert with_depth["confusion_matrix"] == tn_final["confusion_matrix"]
     md = (workdir / "results.md").read_text()
@@ -193,7 +193,7 @@ def test_a_second_invocation_reuses_finished_runs_and_adds_table3(table1, data_d
     t3 = {e["row"]: e for e in summary["tables"]["3"]}
     assert t3["BL+PS+VTCE"]["params_fingerprint"] == first["tables"]["1"][2]["params_fingerprint"]
     # BL+PS starts from the teacher and never sees VTCE; BL+VTCE starts from scratch.
-    bl_ps = train.read_run_config(workdir / "runs" / "bl_ps")[0]
+    bl_ps = runs_lib.read_run_config(workdir / "runs" / "bl_ps")[0]
     assert bl_ps.init == "teacher" and bl_ps.vtce_weight == 0.0
     history = [
         json.loads(line)
@@ -235,7 +235,7 @@ def test_the_kd_table_trains_the_methods_on_the_same_teacher(table1, data_dir):
     assert all(runs[k]["reused"] for k in ("bl", "tn", "sn", "bl_ps", "bl_vtce"))
     assert not runs["kd_pixel"]["reused"] and not runs["kd_pixel_ps"]["reused"]
     for key in ("kd_pixel", "kd_pixel_ps"):
-        config = train.read_run_config(workdir / "runs" / key)[0]
+        config = runs_lib.read_run_config(workdir / "runs" / key)[0]
         assert config.pixel_kd_weight == 10.0 and config.vtce_weight == 0.0
         assert pathlib.Path(config.teacher_workdir) == workdir / "runs" / "tn"
         history = [
@@ -294,7 +294,7 @@ def test_feature_similarity_compares_every_conv_layer_with_the_teacher(table1):
     result = feature_similarity.layer_similarity(workdir, num_images=2, max_positions=64)
     # Table 1's runs (and Table 3's when another test added them); PS start from TN's params.
     assert {"ps_start", "sn", "bl"} <= set(result) <= {k for k, _ in feature_similarity.COMPARED}
-    tn = train.load_run(workdir / "runs" / "tn")
+    tn = runs_lib.load_run(workdir / "runs" / "tn")
     for per_layer in result.values():
         assert list(per_layer) == list(tn.params)  # conv1_1 ... fc8, in forward order
         assert all(0.0 <= v <= 1.0 + 1e-9 for v in per_layer.values()), per_layer

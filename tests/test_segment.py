@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from drd_jax import train, visualize
+from drd_jax import runs, train, visualize
 from drd_jax.data import transforms
 from experiments.configs import synthetic
 
@@ -85,7 +85,7 @@ def run_segment(*args) -> subprocess.CompletedProcess:
 @functools.lru_cache
 def _restored(workdir: pathlib.Path):
     """The run and its jitted model, restored once per workdir."""
-    run = train.load_run(workdir)
+    run = runs.load_run(workdir)
     model = run.make_model()
 
     @jax.jit
@@ -139,7 +139,7 @@ def test_segments_images_at_full_resolution(baseline_run, images, tmp_path):
     for name in expected_files | {"legend.json"}:
         assert str(out / name) in proc.stdout
 
-    run = train.load_run(baseline_run)
+    run = runs.load_run(baseline_run)
     palette = visualize.class_palette(NUM_CLASSES)
     legend = json.loads((out / "legend.json").read_text())
     assert legend["step"] == run.step and legend["mode"] == "baseline"

@@ -5,7 +5,6 @@ tiny D-Conv teacher drops from minutes to seconds on a slow CPU. Everything comp
 runs under the same setting.
 """
 
-import functools
 import json
 import math
 import os
@@ -20,7 +19,9 @@ import numpy as np
 import pytest
 from helpers import tiny
 
-from drd_jax import input_pipeline, train
+from drd_jax import config as config_lib
+from drd_jax import input_pipeline, parallel, runs, steps, train
+from drd_jax import state as state_lib
 from drd_jax.checkpointing import Checkpointer
 from drd_jax.metric_writers import read_jsonl
 from experiments.configs import synthetic
@@ -116,8 +117,8 @@ def test_teacher_runs_with_depth(teacher_run):
 
 def test_teacher_model_uses_depth(data_dir):
     c = tiny(data_dir, mode="teacher")
-    assert train.make_model(c, NUM_CLASSES).depth_aware
-    assert not train.make_model(tiny(data_dir), NUM_CLASSES).depth_aware
+    assert state_lib.make_model(c, NUM_CLASSES).depth_aware
+    assert not state_lib.make_model(tiny(data_dir), NUM_CLASSES).depth_aware
 
 
 def test_student_shares_teacher_params_and_adds_vtce(teacher_run, data_dir, tmp_path):
@@ -132,15 +133,15 @@ def test_student_shares_teacher_params_and_adds_vtce(teacher_run, data_dir, tmp_
         eval_every_steps=2,
     )
     # Parameter sharing: the student starts from exactly the teacher's final (best) params.
-    _, teacher_params = train.load_teacher(c, NUM_CLASSES)
-    state = train.create_train_state(
+    _, teacher_params = runs.load_teacher(c, NUM_CLASSES)
+    state = state_lib.create_train_state(
         c, jax.random.PRNGKey(c.seed), num_classes=NUM_CLASSES, teacher_params=teacher_params
     )
-    assert train.params_fingerprint(state.params) == teacher_result["params_fingerprint"]
-    fresh = train.create_train_state(
+    assert state_lib.params_fingerprint(state.params) == teacher_result["params_fingerprint"]
+    fresh = state_lib.create_train_state(
         tiny(data_dir, mode="student"), jax.random.PRNGKey(c.seed), num_classes=NUM_CLASSES
     )
-    assert train.params_fingerprint(fresh.params) != teacher_result["params_fingerprint"]
+    assert state_lib.params_fingerprint(fresh.params) != teacher_result["params_fingerprint"]
 
     result = train.train_and_evaluate(c, tmp_path / "student")
     assert result["mode"] == "student" and math.isfinite(result["mean_iou"])
@@ -182,7 +183,7 @@ def test_student_trains_through_the_vanishing_temperature(teacher_run, data_dir,
         workdir = tmp_path / f"vtce_{vtce_weight}"
         result = train.train_and_evaluate(c, workdir)
         records = [r for r in read_jsonl(workdir / "metrics.jsonl") if r["split"] == "train"]
-        return c, result, [r["scalars"] for r in records], train.load_run(workdir).params
+        return c, result, [r["scalars"] for r in records], runs.load_run(workdir).params
 
     c, result, scalars, params = student(1.0)
     assert math.isfinite(result["mean_iou"])
@@ -197,7 +198,7 @@ def test_student_trains_through_the_vanishing_temperature(teacher_run, data_dir,
 
     source = input_pipeline.load_data_source(c.dataset, "test", data_dir=data_dir)
     images = next(iter(input_pipeline.create_eval_dataset(source, num_classes=6, batch_size=4)))
-    model = train.make_model(c, NUM_CLASSES)
+    model = state_lib.make_model(c, NUM_CLASSES)
     apply = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))
     largest = float(np.abs(apply(params, images["image"])).max())
     largest_ce = float(np.abs(apply(ce_params, images["image"])).max())
@@ -206,17 +207,8 @@ def test_student_trains_through_the_vanishing_temperature(teacher_run, data_dir,
 
 
 def _train_few_steps(config, kind, num_devices, state0, batches):
-    par = train.DataParallel(kind, num_devices)
-    fn = par.compile(
-        functools.partial(
-            train.train_step,
-            num_classes=NUM_CLASSES,
-            use_depth=False,
-            learning_rate_fn=train.make_learning_rate_fn(config),
-            num_train_images=16,
-            global_batch_size=config.batch_size,
-        )
-    )
+    par = parallel.DataParallel(kind, num_devices)
+    fn = par.compile(steps.make_train_step(config, num_classes=NUM_CLASSES, num_train_images=16))
     state = par.put_state(state0)
     losses = []
     for batch in batches:
@@ -244,7 +236,7 @@ def test_pmap_jit_and_single_device_agree(data_dir):
     # Void pixels on the first device's half only: a per-device mean (instead of the global
     # valid-pixel mean) would give another gradient.
     batches[0]["label"][0, :20] = 255
-    state0 = train.create_train_state(c, jax.random.PRNGKey(0), num_classes=NUM_CLASSES)
+    state0 = state_lib.create_train_state(c, jax.random.PRNGKey(0), num_classes=NUM_CLASSES)
     p0 = jax.device_get(state0.params)
     results = {
         name: _train_few_steps(c, kind, n, state0, batches)
@@ -293,7 +285,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
     ckpt = Checkpointer(tmp_path, config_fingerprint=body["config_fingerprint"])
     try:
         assert ckpt.latest_step() == bad_step  # saved after every good step, not after the bad one
-        template = train.create_train_state(c, jax.random.PRNGKey(0), num_classes=NUM_CLASSES)
+        template = state_lib.create_train_state(c, jax.random.PRNGKey(0), num_classes=NUM_CLASSES)
         state, _ = ckpt.restore(target=template)
     finally:
         ckpt.close()
@@ -336,22 +328,22 @@ def test_config_missing_field_and_tiny_variant():
     c = synthetic.get_config()
     del c["beta"]
     with pytest.raises(ValueError, match="beta"):
-        train.validate_config(c)
+        config_lib.validate_config(c)
     with pytest.raises(ValueError, match="variant"):
         synthetic.get_config("huge")
-    train.validate_config(synthetic.get_config())
-    train.validate_config(synthetic.get_config("tiny"))
+    config_lib.validate_config(synthetic.get_config())
+    config_lib.validate_config(synthetic.get_config("tiny"))
 
 
 def test_student_refuses_a_non_teacher_workdir(baseline_run, data_dir):
     c = tiny(data_dir, mode="student", teacher_workdir=str(baseline_run))
     with pytest.raises(ValueError, match="config.teacher_workdir"):
-        train.load_teacher(c, NUM_CLASSES)
+        runs.load_teacher(c, NUM_CLASSES)
 
 
 def test_imagenet_init_merges_the_trunk(data_dir):
     c = tiny(data_dir, mode="student", init="imagenet", pretrained_path="unused.npz")
-    fresh = train.create_train_state(
+    fresh = state_lib.create_train_state(
         tiny(data_dir), jax.random.PRNGKey(0), num_classes=NUM_CLASSES
     ).params
     pretrained = {
@@ -360,7 +352,7 @@ def test_imagenet_init_merges_the_trunk(data_dir):
         if name.startswith("conv")
     }
     assert len(pretrained) == 13
-    state = train.create_train_state(
+    state = state_lib.create_train_state(
         c, jax.random.PRNGKey(0), num_classes=NUM_CLASSES, pretrained=pretrained
     )
     for name, layer in state.params.items():
@@ -373,7 +365,7 @@ def test_imagenet_init_merges_the_trunk(data_dir):
 
 def test_learning_rate_schedule_and_optimizers(data_dir):
     c = tiny(data_dir, learning_rate=0.1, num_train_steps=10)
-    lr = train.make_learning_rate_fn(c)
+    lr = state_lib.make_learning_rate_fn(c)
     assert float(lr(0)) == pytest.approx(0.1)
     assert float(lr(5)) == pytest.approx(0.1 * 0.5**0.9, rel=1e-5)
     assert float(lr(10)) == 0.0
@@ -381,7 +373,7 @@ def test_learning_rate_schedule_and_optimizers(data_dir):
     grads = {"w": np.full(3, 2.0, np.float32)}
     for name in ("sgd", "adam"):
         c = tiny(data_dir, optimizer=name, learning_rate=0.1, weight_decay=0.5)
-        tx = train.make_optimizer(c)
+        tx = state_lib.make_optimizer(c)
         updates, _ = tx.update(grads, tx.init(params), params)
         if name == "sgd":  # -lr * (g + wd * w): decay added to the gradient
             np.testing.assert_allclose(updates["w"], -0.1 * (2.0 + 0.5), rtol=1e-6)

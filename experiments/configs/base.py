@@ -1,7 +1,7 @@
 """The fields every training config has, at the paper's settings (full-width DeepLab-VGG16).
 
 Dataset configs (``nyuv2.py``, ``sunrgbd.py``, ``synthetic.py``) start from :func:`get_base_config`
-and change what differs. Every field is checked by ``drd_jax.train.validate_config``; a wrong value
+and change what differs. Every field is checked by ``drd_jax.config.validate_config``; a wrong value
 raises ``ValueError`` naming it (``config.<field>: ...``).
 """
 
@@ -32,7 +32,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.vtce_weight = 1.0  # student: 0 gives BL+PS (with init='teacher')
     c.beta = 0.9
     c.alpha = 8.3
-    # Other distillation methods (student mode; weight 0 = off; drd_jax/distillation.py). The
+    # Other distillation methods (student mode; weight 0 = off; drd_jax/distillation/terms.py). The
     # upstream weights, for reference: pixel 10, pair 0.5, holistic 0.1 (Structured KD);
     # adaptation 50 (a public Knowledge Adaptation port); affinity 1.
     c.pixel_kd_weight = 0.0

@@ -1,0 +1,111 @@
+"""The host side of training: the step loop and the evaluation pass.
+
+One loop (:func:`run_steps`) drives both the trainer (``drd_jax.train``) and knowledge
+adaptation's auto-encoder stage (``drd_jax.distillation.autoencoder``): it feeds batches to a
+compiled step (see ``drd_jax.parallel.DataParallel``), reads the step's metrics on the host,
+lets the caller check them before anything of the step is kept, and logs them at an interval
+(:class:`TrainLog`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from drd_jax.metric_writers import MetricWriter
+from drd_jax.parallel import DataParallel
+
+__all__ = ["NOT_LOGGED", "TrainLog", "evaluate", "run_steps"]
+
+# Step metrics that are checked, not logged.
+NOT_LOGGED = ("finite", "valid_pixels")
+
+
+class TrainLog:
+    """Writes a loop's train scalars every ``log_every_steps`` steps and at ``end_step``.
+
+    The scalars are the step's metrics (less :data:`NOT_LOGGED`) plus ``images_per_sec`` since the
+    previous write (or since this log was made). Each call advances ``bar`` (a tqdm bar) by one
+    step and shows ``loss``, ``lr`` and images/s on it.
+    """
+
+    def __init__(
+        self,
+        writer: MetricWriter,
+        *,
+        log_every_steps: int,
+        end_step: int,
+        batch_size: int,
+        start_step: int = 0,
+        bar: Any = None,
+    ):
+        self.writer = writer
+        self.log_every_steps = int(log_every_steps)
+        self.end_step = end_step
+        self.batch_size = batch_size
+        self.bar = bar
+        self._last_time, self._last_step = time.perf_counter(), start_step
+
+    def __call__(self, step: int, metrics: Mapping[str, Any]) -> None:
+        """Records that step ``step`` (steps done) ended with host ``metrics``."""
+        if self.bar is not None:
+            self.bar.update(1)
+        if step % self.log_every_steps and step != self.end_step:
+            return
+        now = time.perf_counter()
+        images = (step - self._last_step) * self.batch_size
+        ips = images / max(now - self._last_time, 1e-9)
+        self._last_time, self._last_step = now, step
+        scalars = {k: float(v) for k, v in metrics.items() if k not in NOT_LOGGED}
+        scalars["images_per_sec"] = ips
+        self.writer.write_scalars(step, scalars, split="train")
+        if self.bar is not None:
+            formats = {"loss": ".4f", "lr": ".2e"}
+            postfix = {k: format(scalars[k], f) for k, f in formats.items() if k in scalars}
+            self.bar.set_postfix(**postfix, img_s=f"{ips:.1f}")
+
+
+def run_steps(
+    step_fn: Callable,
+    state: Any,
+    batches: Iterator[Mapping[str, np.ndarray]],
+    par: DataParallel,
+    *,
+    start_step: int,
+    end_step: int,
+    step_args: tuple = (),
+    check: Callable[[Mapping[str, np.ndarray], int], None],
+    log: Callable[[int, Mapping[str, np.ndarray]], None],
+    after_step: Callable[[int, Any], None] | None = None,
+) -> Any:
+    """Runs steps ``start_step .. end_step - 1`` of ``step_fn``; returns the last state.
+
+    A step: the next batch of ``batches`` (this process's part), ``par.shard_batch``,
+    ``step_fn(state, batch, *step_args)`` (compiled by ``par``), the metrics read on the host,
+    ``check(metrics, step)`` (raises to stop the run before anything of the step is kept),
+    ``log(step + 1, metrics)``, then ``after_step(step + 1, new_state)`` (e.g. save, evaluate).
+    """
+    for step in range(start_step, end_step):
+        state, step_metrics = step_fn(state, par.shard_batch(next(batches)), *step_args)
+        host_metrics = par.host(step_metrics)
+        check(host_metrics, step)
+        log(step + 1, host_metrics)
+        if after_step is not None:
+            after_step(step + 1, state)
+    return state
+
+
+def evaluate(
+    eval_fn: Callable, params: Any, eval_ds, par: DataParallel, num_classes: int
+) -> np.ndarray:
+    """The confusion matrix (K, K) of the whole eval dataset (int64, summed on the host).
+
+    ``eval_fn(params, batch)`` is a compiled ``steps.eval_step``.
+    """
+    cm = np.zeros((num_classes, num_classes), np.int64)
+    for batch in eval_ds:
+        cm += par.host(eval_fn(params, par.shard_batch(batch))).astype(np.int64)
+    return cm

@@ -1,0 +1,228 @@
+"""Trained runs read back from their workdirs, evaluated, and their final metrics.
+
+A workdir written by ``drd_jax.train.train_and_evaluate`` holds ``config.json``, ``checkpoints/``
+and, once finished, :data:`FINAL_METRICS_NAME`. ``segment``, ``reproduce`` and ``figures`` read
+runs through :func:`load_run`; a student reads its teacher through :func:`load_teacher`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+import pathlib
+from typing import Any, NamedTuple
+
+import jax
+import ml_collections
+import numpy as np
+
+from drd_jax import input_pipeline, loop, metrics
+from drd_jax.checkpointing import Checkpointer
+from drd_jax.config import TEACHER_CHECKPOINTS, field_error, fingerprint, resolve_data_dir
+from drd_jax.files import atomic_write_text
+from drd_jax.models import DeepLabVGG16
+from drd_jax.parallel import DataParallel
+from drd_jax.state import create_train_state, make_model, params_fingerprint
+from drd_jax.steps import eval_step, jitted_predict
+
+__all__ = [
+    "FINAL_METRICS_NAME",
+    "RunCheckpoint",
+    "eval_summary",
+    "evaluate_run",
+    "final_metrics",
+    "load_run",
+    "load_teacher",
+    "read_run_config",
+    "write_final_metrics",
+]
+
+FINAL_METRICS_NAME = "final_metrics.json"
+
+
+class RunCheckpoint(NamedTuple):
+    """A trained run read back from its workdir (see :func:`load_run`)."""
+
+    workdir: pathlib.Path
+    config: ml_collections.ConfigDict
+    params: Any  # host (numpy) param tree
+    class_names: list[str]
+    step: int
+
+    def make_model(self, **overrides: Any) -> DeepLabVGG16:
+        """The run's model (``depth_aware`` as trained unless overridden)."""
+        return make_model(self.config, len(self.class_names), **overrides)
+
+    def predictor(self):
+        """``(image, depth=None) -> class ids`` (N, H, W) int32 numpy of normalised images
+        (N, H, W, 3); depth (N, H, W) in metres is read only by a teacher. The params go to the
+        device once; the function is compiled once per input shape."""
+        predict = jitted_predict(self.make_model())
+        params = jax.device_put(self.params)
+        return lambda image, depth=None: np.asarray(predict(params, image, depth))
+
+
+def read_run_config(workdir: str | os.PathLike) -> tuple[ml_collections.ConfigDict, str]:
+    """``(config, config_fingerprint)`` recorded in ``<workdir>/config.json`` by a training run."""
+    workdir = pathlib.Path(workdir).expanduser()
+    path = workdir / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{workdir} is not a training run: it has no config.json (run experiments.train first)"
+        )
+    try:
+        body = json.loads(path.read_text())
+        return ml_collections.ConfigDict(body["config"]), str(body["config_fingerprint"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a drd-jax run config ({e})") from e
+
+
+def load_run(workdir: str | os.PathLike, *, checkpoint: str = "best") -> RunCheckpoint:
+    """Reads a run's params back: its best-by-mIoU checkpoint (else its latest), or its latest.
+
+    Args:
+      workdir: a directory written by ``train_and_evaluate``.
+      checkpoint: ``'best'`` (falls back to the latest when no checkpoint has eval metrics) or
+        ``'latest'``.
+
+    Raises:
+      FileNotFoundError: not a run directory, or no checkpoint in it.
+      ValueError: a bad ``checkpoint`` value or a corrupt/mismatched ``config.json``.
+    """
+    if checkpoint not in TEACHER_CHECKPOINTS:
+        raise ValueError(f"checkpoint must be one of {TEACHER_CHECKPOINTS}, got {checkpoint!r}")
+    workdir = pathlib.Path(workdir).expanduser().absolute()
+    config, config_fp = read_run_config(workdir)
+    ckpt = Checkpointer(workdir, config_fingerprint=config_fp, async_save=False, read_only=True)
+    try:
+        step = ckpt.best_step() if checkpoint == "best" else None
+        step = step if step is not None else ckpt.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"{workdir} has no checkpoint yet")
+        class_names = ckpt.read_extra(step).get("class_names")
+        if not class_names:  # checkpoints written before class names were recorded
+            source = input_pipeline.load_data_source(
+                config.dataset, "test", data_dir=resolve_data_dir(config)
+            )
+            class_names = input_pipeline.dataset_class_names(config.dataset, source)
+        template_config = ml_collections.ConfigDict(config.to_dict())
+        template_config.init = "scratch"  # same tree; no teacher or weights file needed
+        template = jax.eval_shape(
+            lambda: create_train_state(
+                template_config, jax.random.PRNGKey(0), num_classes=len(class_names)
+            )
+        )
+        state, _ = ckpt.restore(step, target=template)
+    finally:
+        ckpt.close()
+    logging.info("restored %s step %d", workdir, step)
+    return RunCheckpoint(workdir, config, jax.device_get(state.params), list(class_names), step)
+
+
+def load_teacher(config, num_classes: int) -> tuple[ml_collections.ConfigDict, Any]:
+    """``(teacher_config, teacher_params)`` from ``config.teacher_workdir`` (host arrays)."""
+    workdir = pathlib.Path(config.teacher_workdir).expanduser()
+    try:
+        tconfig, _ = read_run_config(workdir)
+    except (FileNotFoundError, ValueError) as e:
+        raise field_error("teacher_workdir", f"{e}; train the teacher there first") from e
+    if tconfig.get("mode") != "teacher":
+        raise field_error(
+            "teacher_workdir", f"{workdir} is a {tconfig.get('mode')!r} run, not a teacher"
+        )
+    for field in ("width", "dataset"):
+        if tconfig.get(field) != config[field]:
+            raise field_error(
+                field,
+                f"{config[field]!r} differs from the teacher's {tconfig.get(field)!r} ({workdir})",
+            )
+    try:
+        run = load_run(workdir, checkpoint=config.teacher_checkpoint)
+    except FileNotFoundError as e:
+        raise field_error("teacher_workdir", str(e)) from e
+    if len(run.class_names) != num_classes:
+        raise field_error(
+            "teacher_workdir",
+            f"the teacher in {workdir} has {len(run.class_names)} classes, the data {num_classes}",
+        )
+    logging.info("teacher: %s step %d", workdir, run.step)
+    return tconfig, run.params
+
+
+def evaluate_run(
+    run: RunCheckpoint, *, depth_aware: bool | None = None, data_dir: str | None = None
+) -> dict:
+    """``metrics.compute_metrics`` plus ``"confusion_matrix"`` of a run on its test split.
+
+    One device, full resolution, batch 1. ``depth_aware=False`` applies a teacher's params with
+    plain convs and no depth: where a parameter-sharing student starts.
+    """
+    num_classes = len(run.class_names)
+    model = run.make_model(depth_aware=depth_aware)
+    source = input_pipeline.load_data_source(
+        run.config.dataset, "test", data_dir=data_dir or resolve_data_dir(run.config)
+    )
+    par = DataParallel("jit", 1)
+    eval_fn = par.compile(functools.partial(eval_step, model=model, num_classes=num_classes))
+    eval_ds = input_pipeline.create_eval_dataset(source, num_classes=num_classes)
+    cm = loop.evaluate(eval_fn, par.put_state(run.params), eval_ds, par, num_classes)
+    return {**metrics.compute_metrics(cm), "confusion_matrix": cm.tolist()}
+
+
+def eval_summary(cm: np.ndarray) -> dict[str, float]:
+    """``mean_iou``, ``mean_pixel_accuracy`` and ``pixel_accuracy`` of a confusion matrix (NaN
+    where undefined): what an evaluation during training logs and checkpoints."""
+    m = metrics.compute_metrics(cm)
+    return {
+        k: (math.nan if m[k] is None else m[k])
+        for k in ("mean_iou", "mean_pixel_accuracy", "pixel_accuracy")
+    }
+
+
+def final_metrics(config, cm: np.ndarray, class_names: list[str], params: Any) -> dict:
+    """What a finished run reports (``<workdir>/final_metrics.json``)::
+
+    {"mode", "init", "dataset", "steps", "params_fingerprint", "config_fingerprint",
+     "pixel_accuracy", "mean_pixel_accuracy", "mean_iou", "per_class_iou": {name: iou},
+     "per_class_pixel_accuracy": {name: acc}, "class_names", "num_present_classes",
+     "num_pixels", "confusion_matrix"}
+    """
+    m = metrics.compute_metrics(cm)
+    return {
+        "mode": config.mode,
+        "init": config.init,
+        "dataset": config.dataset,
+        "steps": config.num_train_steps,
+        "params_fingerprint": params_fingerprint(params),
+        "config_fingerprint": fingerprint(config),
+        "pixel_accuracy": m["pixel_accuracy"],
+        "mean_pixel_accuracy": m["mean_pixel_accuracy"],
+        "mean_iou": m["mean_iou"],
+        "per_class_iou": dict(zip(class_names, m["per_class_iou"], strict=True)),
+        "per_class_pixel_accuracy": dict(
+            zip(class_names, m["per_class_pixel_accuracy"], strict=True)
+        ),
+        "class_names": class_names,
+        "num_present_classes": m["num_present_classes"],
+        "num_pixels": m["num_pixels"],
+        "confusion_matrix": cm.tolist(),
+    }
+
+
+def write_final_metrics(workdir: pathlib.Path, result: dict) -> None:
+    """Writes ``result`` (:func:`final_metrics`) to ``<workdir>/final_metrics.json`` atomically
+    (strict JSON) and logs it with its confusion table."""
+    text = json.dumps(result, indent=2, allow_nan=False) + "\n"
+    atomic_write_text(workdir / FINAL_METRICS_NAME, text)
+    logging.info(
+        "final metrics: mIoU %s mPA %s PA %s\n%s",
+        result["mean_iou"],
+        result["mean_pixel_accuracy"],
+        result["pixel_accuracy"],
+        metrics.format_confusion_table(
+            np.asarray(result["confusion_matrix"]), result["class_names"]
+        ),
+    )
