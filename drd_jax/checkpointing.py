@@ -280,6 +280,11 @@ class Checkpointer:
 
     # -- save / restore -------------------------------------------------------------------------
 
+    def should_save(self, step: int) -> bool:
+        """Whether :meth:`save` without ``force`` would write ``step``: on the interval, or when
+        a preemption notice has reached the job (orbax's decision, as in ``save``)."""
+        return bool(self._manager.should_save(int(step)))
+
     def save(
         self,
         step: int,

@@ -2,9 +2,9 @@
 
 One loop (:func:`run_steps`) drives both the trainer (``drd_jax.train``) and knowledge
 adaptation's auto-encoder stage (``drd_jax.distillation.autoencoder``): it feeds batches to a
-compiled step (see ``drd_jax.parallel.DataParallel``), reads the step's metrics on the host,
-lets the caller check them before anything of the step is kept, and logs them at an interval
-(:class:`TrainLog`).
+compiled step (see ``drd_jax.parallel.DataParallel``) without waiting for it, and brings the
+steps' metrics to the host only where they are logged (:class:`TrainLog`) or something is saved,
+checking every step's metrics there before anything after it is kept.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ class TrainLog:
     """Writes a loop's train scalars every ``log_every_steps`` steps and at ``end_step``.
 
     The scalars are the step's metrics (less :data:`NOT_LOGGED`) plus ``images_per_sec`` since the
-    previous write (or since this log was made). Each call advances ``bar`` (a tqdm bar) by one
-    step and shows ``loss``, ``lr`` and images/s on it.
+    previous write (or since this log was made). ``tick`` advances ``bar`` (a tqdm bar) by one
+    step; ``write`` shows ``loss``, ``lr`` and images/s on it.
     """
 
     def __init__(
@@ -49,12 +49,17 @@ class TrainLog:
         self.bar = bar
         self._last_time, self._last_step = time.perf_counter(), start_step
 
-    def __call__(self, step: int, metrics: Mapping[str, Any]) -> None:
-        """Records that step ``step`` (steps done) ended with host ``metrics``."""
+    def due(self, step: int) -> bool:
+        """Whether step ``step`` (steps done) is logged."""
+        return step % self.log_every_steps == 0 or step == self.end_step
+
+    def tick(self) -> None:
+        """One more step done."""
         if self.bar is not None:
             self.bar.update(1)
-        if step % self.log_every_steps and step != self.end_step:
-            return
+
+    def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+        """Logs the host ``metrics`` of step ``step`` (steps done)."""
         now = time.perf_counter()
         images = (step - self._last_step) * self.batch_size
         ips = images / max(now - self._last_time, 1e-9)
@@ -78,23 +83,36 @@ def run_steps(
     end_step: int,
     step_args: tuple = (),
     check: Callable[[Mapping[str, np.ndarray], int], None],
-    log: Callable[[int, Mapping[str, np.ndarray]], None],
+    log: TrainLog,
+    sync_due: Callable[[int], bool] | None = None,
     after_step: Callable[[int, Any], None] | None = None,
 ) -> Any:
     """Runs steps ``start_step .. end_step - 1`` of ``step_fn``; returns the last state.
 
-    A step: the next batch of ``batches`` (this process's part), ``par.shard_batch``,
-    ``step_fn(state, batch, *step_args)`` (compiled by ``par``), the metrics read on the host,
-    ``check(metrics, step)`` (raises to stop the run before anything of the step is kept),
-    ``log(step + 1, metrics)``, then ``after_step(step + 1, new_state)`` (e.g. save, evaluate).
+    A step: the next batch of ``batches`` (this process's part), ``par.shard_batch`` and
+    ``step_fn(state, batch, *step_args)`` (compiled by ``par``), dispatched without waiting for
+    it: its metrics stay on the devices. They come to the host only at a *sync step*: a step
+    ``log`` logs, one where ``sync_due(steps done)`` (e.g. a checkpoint is due), and the last.
+    There the metrics of every step since the previous sync come in one transfer,
+    ``check(metrics, step)`` runs on each in order (it raises to stop the run), the step is
+    logged if due, and ``after_step(steps done, state)`` runs (e.g. to save it): whatever it
+    keeps has been checked, and so has every step before it.
     """
+    pending = []  # device metrics of the steps since the last sync
     for step in range(start_step, end_step):
         state, step_metrics = step_fn(state, par.shard_batch(next(batches)), *step_args)
-        host_metrics = par.host(step_metrics)
-        check(host_metrics, step)
-        log(step + 1, host_metrics)
-        if after_step is not None:
-            after_step(step + 1, state)
+        pending.append(step_metrics)
+        done = step + 1
+        log.tick()
+        if log.due(done) or done == end_step or (sync_due is not None and sync_due(done)):
+            host_metrics = par.host(pending)
+            for i, metrics in enumerate(host_metrics):
+                check(metrics, done - len(host_metrics) + i)
+            pending = []
+            if log.due(done):
+                log.write(done, host_metrics[-1])
+            if after_step is not None:
+                after_step(done, state)
     return state
 
 

@@ -14,24 +14,22 @@
   BL+PS+VTCE = student/teacher.
 
 Where the pieces live: config fields and fingerprint (``drd_jax.config``), model, optimiser and
-state (``state``), the jitted steps and the loss (``steps``), the host loop (``loop``), runs read
-back and final metrics (``runs``), distillation terms and networks (``distillation``), jit/pmap
-(``parallel``), checkpoints (``checkpointing``). ``config.batch_size`` is the global batch; on
-several hosts (``experiments/train.py --multihost``) each process reads its own shard of every
-batch and only process 0 writes logs and ``final_metrics.json``.
+state (``state``), the jitted steps and the loss (``steps``), the asynchronous host loop
+(``loop``), runs read back and final metrics (``runs``), distillation (``distillation``),
+jit/pmap (``parallel``), checkpoints (``checkpointing``). ``config.batch_size`` is the global
+batch; on several hosts (``experiments/train.py --multihost``) each process reads its own shard
+and only process 0 writes logs and ``final_metrics.json``.
 
-Resume: the workdir's checkpoints are saved every ``config.checkpoint_every_steps`` steps, at
-every evaluation (``config.eval_every_steps``, with its metrics; the best by ``mean_iou`` is kept)
-and at the end. A rerun with the same config (fingerprint; ``config.FINGERPRINT_IGNORE`` may
-change) continues from the latest one, including the data position, so an interrupted run ends
-with the same parameters as an uninterrupted one. ``config.stop_after_steps = k`` saves at step
-``k`` and returns.
+Resume: checkpoints every ``config.checkpoint_every_steps`` steps, at every evaluation
+(``config.eval_every_steps``; the best by ``mean_iou`` is kept) and at the end; a rerun with the
+same config fingerprint continues from the latest, data position included, to the same params as
+an uninterrupted run. ``config.stop_after_steps = k`` saves at step ``k`` and returns.
 
 Faults: a non-finite loss, gradient or parameter (``FloatingPointError``) or a cross-entropy that
 explodes while finite (``divergence.TrainingDivergedError``; ``config.divergence_factor``, not in
 the fingerprint: rerun with a larger value, or 0, to resume past it) stops the run naming the step
-and the last good checkpoint; the bad state is never saved. Config errors raise ``ValueError``
-naming the field (``config.<field>``).
+and the last good checkpoint; every step is checked before a later one is logged or saved.
+Config errors raise ``ValueError`` naming the field.
 
 Outputs in ``workdir``: ``config.json``, ``checkpoints/``, ``metrics.jsonl``, ``tensorboard/``,
 ``curves.png`` (``MetricWriter``) and ``final_metrics.json`` (``runs.final_metrics``).
@@ -47,6 +45,7 @@ from typing import Any, NamedTuple
 
 import jax
 import ml_collections
+from tqdm import tqdm
 
 from drd_jax import distillation as distillation_lib
 from drd_jax import input_pipeline, loop, runs
@@ -85,14 +84,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
 def _data_parallel(config) -> DataParallel:
     par = DataParallel(config.parallel, config.num_devices)
-    for field, size in (
-        ("batch_size", config.batch_size),
-        ("eval_batch_size", config.eval_batch_size or par.num_devices),
-    ):
-        if size % par.num_devices:
-            raise field_error(
-                field, f"{size} must be divisible by the number of devices {par.num_devices}"
-            )
+    for field in ("batch_size", "eval_batch_size"):  # eval_batch_size 0: one per device
+        size, n = config[field] or par.num_devices, par.num_devices
+        if size % n:
+            raise field_error(field, f"{size} must be divisible by the number of devices {n}")
     return par
 
 
@@ -142,8 +137,7 @@ def _check_step(m, step: int, *, monitor: DivergenceMonitor, ckpt: Checkpointer)
 
 
 class _Start(NamedTuple):
-    """Where a run starts: its state (placed by ``par``), its first step, and the distillation
-    with its frozen teacher's params (placed; both None when no distillation term is on)."""
+    """A run's placed state, first step, distillation and placed teacher (None, None if off)."""
 
     state: Any
     step: int
@@ -232,13 +226,20 @@ def _train(config, workdir: pathlib.Path, ckpt: Checkpointer) -> dict:
         workdir, resume_step=start_step, active=is_main, curves_on_close=bool(config.write_curves)
     )
 
+    def eval_due(step: int) -> bool:
+        return bool(config.eval_every_steps) and step % config.eval_every_steps == 0
+
+    def save_due(step: int) -> bool:
+        return step == end or eval_due(step) or ckpt.should_save(step)
+
     def save(step: int, state, *, final: bool = False):
-        """Checkpoints ``state`` after ``step``, with an evaluation when one is due; the last step
-        is saved by the final evaluation (``final=True``), which returns its confusion matrix."""
-        if step == total and not final:
+        """Checkpoints ``state`` after ``step`` if a save is due, with an evaluation when one is
+        due; the last step is saved by the final evaluation (``final=True``), which returns its
+        confusion matrix. The state is unreplicated only to be saved."""
+        if (step == total and not final) or not (final or save_due(step)):
             return None
         extra = {"data_step": step, "class_names": class_names}
-        if not (final or (config.eval_every_steps and step % config.eval_every_steps == 0)):
+        if not (final or eval_due(step)):
             ckpt.save(step, par.unreplicate(state), extra=extra, force=step == end)
             return None
         cm = loop.evaluate(p_eval, state.params, eval_ds, par, num_classes)
@@ -252,8 +253,6 @@ def _train(config, workdir: pathlib.Path, ckpt: Checkpointer) -> dict:
             state = _pretrain_autoencoder(
                 config, state, distillation, teacher_params, train_source, par, workdir
             )
-        from tqdm import tqdm
-
         bar = tqdm(
             total=total,
             initial=start_step,
@@ -282,6 +281,7 @@ def _train(config, workdir: pathlib.Path, ckpt: Checkpointer) -> dict:
             step_args=(teacher_params,),
             check=functools.partial(_check_step, monitor=monitor, ckpt=ckpt),
             log=log,
+            sync_due=save_due,
             after_step=save,
         )
         bar.close()

@@ -1,0 +1,142 @@
+r"""Training-loop throughput (steps/s) on forced host devices, jit and pmap, across revisions.
+
+    python -m experiments.bench_loop --revisions=51e5add,HEAD --repeats=3
+
+Each measurement trains ``synthetic.py:tiny`` (baseline, the tiny data, 1/16 width, 32×32
+crops, batch 4) for ``--short`` and for ``--long`` steps in fresh workdirs and divides the extra
+steps by the extra wall time (after an untimed warm-up run), so compiling, the evaluation and the
+final save cancel out. What is left is the loop: dispatch, host reads, logging every
+``--log_every_steps`` and a checkpoint every ``--checkpoint_every_steps``. ``--devices`` host
+(CPU) devices are forced with ``XLA_FLAGS``. With ``--revisions`` every revision runs in its own
+``git worktree`` (with this interpreter; only the code differs) and repeats are interleaved
+across revisions; without it, the code of this checkout. Prints a markdown table and one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app, flags
+
+_REVISIONS = flags.DEFINE_list("revisions", [], "git revisions to compare ([] = this code).")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Measurements per revision and parallel kind.")
+_PARALLEL = flags.DEFINE_list("parallel", ["jit", "pmap"], "config.parallel values.")
+_DEVICES = flags.DEFINE_integer("devices", 2, "Forced host devices.")
+_SHORT = flags.DEFINE_integer("short", 20, "Steps of the short run.")
+_LONG = flags.DEFINE_integer("long", 220, "Steps of the long run.")
+_LOG_EVERY = flags.DEFINE_integer("log_every_steps", 50, "config.log_every_steps.")
+_CKPT_EVERY = flags.DEFINE_integer("checkpoint_every_steps", 100, "config.checkpoint_every_steps.")
+_DATA_DIR = flags.DEFINE_string("data_dir", "", "Where synthetic_rgbd/tiny is (built if absent).")
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _train_seconds(parallel: str, steps: int, workdir: pathlib.Path, data_dir: str) -> float:
+    from drd_jax.train import train_and_evaluate
+    from experiments.configs import synthetic
+
+    c = synthetic.get_config("tiny")
+    c.data_dir, c.mode, c.parallel = data_dir, "baseline", parallel
+    c.num_train_steps, c.log_every_steps = steps, _LOG_EVERY.value
+    c.checkpoint_every_steps, c.eval_every_steps = _CKPT_EVERY.value, 0
+    start = time.perf_counter()
+    train_and_evaluate(c, workdir)
+    return time.perf_counter() - start
+
+
+def measure(data_dir: str) -> dict[str, float]:
+    """``{parallel: steps/s}`` of this process's code (one measurement each)."""
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="bench_loop_") as tmp:
+        for kind in _PARALLEL.value:
+            _train_seconds(kind, _SHORT.value, pathlib.Path(tmp) / f"{kind}_warmup", data_dir)
+            short = _train_seconds(kind, _SHORT.value, pathlib.Path(tmp) / f"{kind}_s", data_dir)
+            long = _train_seconds(kind, _LONG.value, pathlib.Path(tmp) / f"{kind}_l", data_dir)
+            out[kind] = (_LONG.value - _SHORT.value) / (long - short)
+    return out
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def _measure_in(checkout: pathlib.Path, data_dir: str) -> dict[str, float]:
+    """One :func:`measure` of the code in ``checkout``, in a subprocess."""
+    flags_ = [
+        f"--parallel={','.join(_PARALLEL.value)}",
+        f"--devices={_DEVICES.value}",
+        f"--short={_SHORT.value}",
+        f"--long={_LONG.value}",
+        f"--log_every_steps={_LOG_EVERY.value}",
+        f"--checkpoint_every_steps={_CKPT_EVERY.value}",
+        f"--data_dir={data_dir}",
+        "--repeats=1",
+    ]
+    proc = subprocess.run(
+        [sys.executable, str(pathlib.Path(__file__).resolve()), *flags_],
+        cwd=checkout,
+        env={**os.environ, "PYTHONPATH": str(checkout)},
+        capture_output=True,
+        text=True,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode or not lines:
+        raise RuntimeError(f"measuring {checkout} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1])["steps_per_sec"][""][0]
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _LONG.value <= _SHORT.value:
+        raise app.UsageError(f"--long ({_LONG.value}) must exceed --short ({_SHORT.value})")
+    data_dir = _DATA_DIR.value or tempfile.mkdtemp(prefix="bench_loop_data_")
+    results: dict[str, list[dict[str, float]]] = {}
+    if not _REVISIONS.value:
+        results[""] = [measure(data_dir) for _ in range(_REPEATS.value)]
+    else:
+        commits = {rev: _git("rev-parse", "--short", rev) for rev in _REVISIONS.value}
+        with tempfile.TemporaryDirectory(prefix="bench_loop_src_") as tmp:
+            checkouts = {}
+            for i, (rev, commit) in enumerate(commits.items()):
+                checkouts[rev] = pathlib.Path(tmp) / f"{i}_{commit}"
+                _git("worktree", "add", "--detach", str(checkouts[rev]), commit)
+            try:
+                for repeat in range(_REPEATS.value):
+                    for rev in commits:
+                        m = _measure_in(checkouts[rev], data_dir)
+                        results.setdefault(f"{rev} ({commits[rev]})", []).append(m)
+                        print(f"repeat {repeat} {rev}: {m}", flush=True)
+            finally:
+                for checkout in checkouts.values():
+                    _git("worktree", "remove", "--force", str(checkout))
+    print(f"\n{_DEVICES.value} forced CPU devices, steps {_SHORT.value} -> {_LONG.value}")
+    print("| code | parallel | steps/s (each) | median |")
+    print("|---|---|---|---:|")
+    for code, runs in results.items():
+        for kind in _PARALLEL.value:
+            each = [r[kind] for r in runs]
+            shown = ", ".join(f"{v:.1f}" for v in each)
+            print(
+                f"| {code or 'this checkout'} | {kind} | {shown} | {statistics.median(each):.1f} |"
+            )
+    print(json.dumps({"steps_per_sec": results}))
+
+
+if __name__ == "__main__":
+    # Forced host devices must be set before jax is imported (by the measurement).
+    count = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--devices=")), "2")
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={count}"
+    )
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    app.run(main)
