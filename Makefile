@@ -7,7 +7,15 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo test lint format bench clean
 
+# GPU or TPU: `make install JAX_ACCELERATOR=cuda13` (or cuda12, tpu) adds jax's accelerator
+# plugin at the pinned jax version (README, "Installing on a GPU or TPU").
+JAX_ACCELERATOR ?=
+JAX_VERSION := $(shell sed -n 's/^jax==//p' requirements.txt)
+
 install: $(STAMP)
+ifneq ($(JAX_ACCELERATOR),)
+	$(BIN)/python -m pip install --quiet "jax[$(JAX_ACCELERATOR)]==$(JAX_VERSION)"
+endif
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
