@@ -7,7 +7,9 @@ r"""Train and evaluate one drd-jax run (teacher, student or baseline).
 
 Any config field can be overridden with ``--config.<field>=<value>``. Rerunning with the same
 config and workdir resumes from the latest checkpoint. ``--multihost`` calls
-``jax.distributed.initialize()`` first (one process per host; see ``drd_jax/train.py``).
+``jax.distributed.initialize()`` first (one process per host), with ``--coordinator_address``,
+``--num_processes`` and ``--process_id`` or auto-detected coordinates
+(``experiments/multihost.py``).
 """
 
 import json
@@ -15,9 +17,11 @@ import json
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from experiments import multihost
+
 FLAGS = flags.FLAGS
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run (checkpoints, logs).")
-_MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first.")
+multihost.define_flags()
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -25,10 +29,12 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        multihost.initialize()
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
     import jax
 
-    if _MULTIHOST.value:
-        jax.distributed.initialize()
     from drd_jax.train import train_and_evaluate
 
     logging.info(
