@@ -115,6 +115,11 @@ def load_run(workdir: str | os.PathLike, *, checkpoint: str = "best") -> RunChec
                 template_config, jax.random.PRNGKey(0), num_classes=len(class_names)
             )
         )
+        # Onto this process's first device, whatever devices (hosts, GPUs) the run saved from.
+        here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        template = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=here), template
+        )
         state, _ = ckpt.restore(step, target=template)
     finally:
         ckpt.close()
