@@ -25,6 +25,8 @@ import time
 
 from absl import app, flags
 
+from experiments import worktrees
+
 _REVISIONS = flags.DEFINE_list("revisions", [], "git revisions to compare ([] = this code).")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Measurements per revision and parallel kind.")
 _PARALLEL = flags.DEFINE_list("parallel", ["jit", "pmap"], "config.parallel values.")
@@ -34,8 +36,6 @@ _LONG = flags.DEFINE_integer("long", 220, "Steps of the long run.")
 _LOG_EVERY = flags.DEFINE_integer("log_every_steps", 50, "config.log_every_steps.")
 _CKPT_EVERY = flags.DEFINE_integer("checkpoint_every_steps", 100, "config.checkpoint_every_steps.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "", "Where synthetic_rgbd/tiny is (built if absent).")
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _train_seconds(parallel: str, steps: int, workdir: pathlib.Path, data_dir: str) -> float:
@@ -61,12 +61,6 @@ def measure(data_dir: str) -> dict[str, float]:
             long = _train_seconds(kind, _LONG.value, pathlib.Path(tmp) / f"{kind}_l", data_dir)
             out[kind] = (_LONG.value - _SHORT.value) / (long - short)
     return out
-
-
-def _git(*args: str) -> str:
-    return subprocess.run(
-        ["git", *args], cwd=ROOT, check=True, capture_output=True, text=True
-    ).stdout.strip()
 
 
 def _measure_in(checkout: pathlib.Path, data_dir: str) -> dict[str, float]:
@@ -104,21 +98,16 @@ def main(argv):
     if not _REVISIONS.value:
         results[""] = [measure(data_dir) for _ in range(_REPEATS.value)]
     else:
-        commits = {rev: _git("rev-parse", "--short", rev) for rev in _REVISIONS.value}
-        with tempfile.TemporaryDirectory(prefix="bench_loop_src_") as tmp:
-            checkouts = {}
-            for i, (rev, commit) in enumerate(commits.items()):
-                checkouts[rev] = pathlib.Path(tmp) / f"{i}_{commit}"
-                _git("worktree", "add", "--detach", str(checkouts[rev]), commit)
-            try:
-                for repeat in range(_REPEATS.value):
-                    for rev in commits:
-                        m = _measure_in(checkouts[rev], data_dir)
-                        results.setdefault(f"{rev} ({commits[rev]})", []).append(m)
-                        print(f"repeat {repeat} {rev}: {m}", flush=True)
-            finally:
-                for checkout in checkouts.values():
-                    _git("worktree", "remove", "--force", str(checkout))
+        try:
+            commits = worktrees.resolve(_REVISIONS.value)
+        except ValueError as e:
+            raise app.UsageError(f"--revisions: {e}") from None
+        with worktrees.checkouts(commits) as checkouts:
+            for repeat in range(_REPEATS.value):
+                for rev, (commit, path) in checkouts.items():
+                    m = _measure_in(path, data_dir)
+                    results.setdefault(f"{rev} ({commit})", []).append(m)
+                    print(f"repeat {repeat} {rev}: {m}", flush=True)
     print(f"\n{_DEVICES.value} forced CPU devices, steps {_SHORT.value} -> {_LONG.value}")
     print("| code | parallel | steps/s (each) | median |")
     print("|---|---|---|---:|")

@@ -18,21 +18,16 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 from absl import app, flags
 
+from experiments import worktrees
+
 _REVISIONS = flags.DEFINE_list("revisions", ["HEAD~1", "HEAD"], "git revisions to compare.")
 _REPEATS = flags.DEFINE_integer("repeats", 1, "Runs of each revision's suite.")
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _git(*args: str) -> str:
-    return subprocess.run(
-        ["git", *args], cwd=ROOT, check=True, capture_output=True, text=True
-    ).stdout.strip()
+ROOT = worktrees.REPO_ROOT
 
 
 def run_suite(checkout: pathlib.Path, shared_data: str) -> tuple[float, str]:
@@ -57,29 +52,19 @@ def main(argv):
     if _REPEATS.value < 1:
         raise app.UsageError(f"--repeats must be >= 1, got {_REPEATS.value}")
     shared = os.environ.get("DRD_SHARED_DATA", str(ROOT.parent / "shared" / "data"))
-    commits = {}
-    for rev in _REVISIONS.value:
-        try:
-            commits[rev] = _git("rev-parse", "--short", rev)
-        except subprocess.CalledProcessError:
-            raise app.UsageError(f"--revisions: {rev!r} is not a git revision of {ROOT}") from None
-    times: dict[str, list[float]] = {rev: [] for rev in commits}
+    try:
+        commits = worktrees.resolve(_REVISIONS.value)
+    except ValueError as e:
+        raise app.UsageError(f"--revisions: {e}") from None
+    times: dict[str, list[float]] = {rev: [] for rev in _REVISIONS.value}
     summaries: dict[str, str] = {}
-    with tempfile.TemporaryDirectory(prefix="bench_test_suite_") as tmp:
-        checkouts = {}
-        for i, (rev, commit) in enumerate(commits.items()):
-            checkouts[rev] = pathlib.Path(tmp) / f"{i}_{commit}"
-            _git("worktree", "add", "--detach", str(checkouts[rev]), commit)
-        try:
-            for repeat in range(_REPEATS.value):
-                for rev in commits:
-                    seconds, summaries[rev] = run_suite(checkouts[rev], shared)
-                    times[rev].append(seconds)
-                    result = f"{seconds:.0f} s, {summaries[rev]}"
-                    print(f"repeat {repeat} {rev} ({commits[rev]}): {result}", flush=True)
-        finally:
-            for checkout in checkouts.values():
-                _git("worktree", "remove", "--force", str(checkout))
+    with worktrees.checkouts(commits) as checkouts:
+        for repeat in range(_REPEATS.value):
+            for rev, (commit, path) in checkouts.items():
+                seconds, summaries[rev] = run_suite(path, shared)
+                times[rev].append(seconds)
+                result = f"{seconds:.0f} s, {summaries[rev]}"
+                print(f"repeat {repeat} {rev} ({commit}): {result}", flush=True)
     first = statistics.median(times[_REVISIONS.value[0]])
     print("\n| revision | commit | seconds | median | ratio | pytest |")
     print("|---|---|---|---:|---:|---|")
