@@ -23,6 +23,8 @@ from drd_jax.models import FEATURE_LAYERS
 from drd_jax.parallel import PARALLEL
 
 __all__ = [
+    "ADDED_FIELDS",
+    "DTYPES",
     "FIELDS",
     "FINGERPRINT_IGNORE",
     "INITS",
@@ -39,6 +41,10 @@ MODES = ("baseline", "teacher", "student")
 INITS = ("scratch", "teacher", "imagenet")
 OPTIMIZERS = ("sgd", "adam")
 TEACHER_CHECKPOINTS = ("best", "latest")
+DTYPES = ("float32", "bfloat16")
+# Fields added after runs were recorded, with the value those runs had: at that value they are left
+# out of the fingerprint, so the runs written before the field existed keep theirs.
+ADDED_FIELDS = {"dtype": "float32"}
 # Fields that do not change what a run computes; they may differ between a run and its resume.
 FINGERPRINT_IGNORE = (
     "data_dir",
@@ -101,6 +107,7 @@ FIELDS: dict[str, object] = {
     "depth_aware_layers": None,
     "width": Number(0, lo_open=True),
     "dropout_rate": Number(0, 1, hi_open=True),
+    "dtype": DTYPES,
     # Optimisation.
     "optimizer": OPTIMIZERS,
     "learning_rate": Number(0, lo_open=True),
@@ -193,12 +200,14 @@ def fingerprint(config: ml_collections.ConfigDict) -> str:
     """The config fingerprint of a run (``FINGERPRINT_IGNORE`` left out).
 
     A run that uses none of the seed papers' methods (``KD_WEIGHT_FIELDS``) also leaves out every
-    field of those methods (``KD_FIELDS``): they do not change what it computes, and runs written
-    before the fields existed keep their fingerprint (so they are still resumed and reused).
+    field of those methods (``KD_FIELDS``), and the ``ADDED_FIELDS`` that hold the value runs had
+    before them: they do not change what it computes, and runs written before the fields existed
+    keep their fingerprint (so they are still resumed and reused).
     """
     ignore = FINGERPRINT_IGNORE
     if not uses_kd_methods(config):
         ignore = ignore + KD_FIELDS
+    ignore = ignore + tuple(f for f, old in ADDED_FIELDS.items() if config.get(f, old) == old)
     return config_fingerprint(config.to_dict(), ignore=ignore)
 
 

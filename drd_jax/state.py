@@ -50,7 +50,8 @@ class TrainState(train_state.TrainState):
 
 
 def make_model(config, num_classes: int, *, depth_aware: bool | None = None) -> DeepLabVGG16:
-    """The DeepLabVGG16 of ``config`` (depth-aware iff ``mode == 'teacher'`` unless given)."""
+    """The DeepLabVGG16 of ``config`` (depth-aware iff ``mode == 'teacher'`` unless given),
+    computing in ``config.dtype`` with float32 params."""
     if depth_aware is None:
         depth_aware = config.mode == "teacher"
     return DeepLabVGG16(
@@ -60,6 +61,8 @@ def make_model(config, num_classes: int, *, depth_aware: bool | None = None) -> 
         alpha=config.alpha,
         depth_aware_layers=config.depth_aware_layers,
         dropout_rate=config.dropout_rate,
+        # Runs recorded before the field existed computed in float32.
+        dtype=jnp.bfloat16 if config.get("dtype", "float32") == "bfloat16" else None,
     )
 
 

@@ -50,6 +50,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.depth_aware_layers = "all"  # 'all' (the paper) | 'block_first' (Depth-aware CNN's choice)
     c.width = 1.0
     c.dropout_rate = 0.5
+    # The network's compute dtype: 'float32' | 'bfloat16' (params, optimiser state and losses
+    # stay float32).
+    c.dtype = "float32"
     # Optimisation.
     c.optimizer = "sgd"  # 'sgd' | 'adam'
     c.learning_rate = 2.5e-4
