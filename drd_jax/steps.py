@@ -30,7 +30,7 @@ import optax
 from drd_jax import distillation as distillation_lib
 from drd_jax import losses, metrics
 from drd_jax.divergence import all_finite
-from drd_jax.models import DeepLabVGG16, apply_with_features
+from drd_jax.models import DeepLabVGG16, apply_with_feature_layer
 from drd_jax.parallel import sum_over_devices
 from drd_jax.state import TrainState, make_learning_rate_fn
 
@@ -53,16 +53,15 @@ def _loss(
     global_batch_size: int,
 ):
     """``(loss, (ce, {metric: term}, logits))``: this device's share of the global-batch loss."""
-    variables, rngs = {"params": params}, {"dropout": rng}
-    image, depth = batch["image"], batch["depth"] if use_depth else None
-    features = None
-    if kd is not None and kd.needs_features:
-        logits, feats = apply_with_features(
-            state.apply_fn, variables, image, depth, train=True, rngs=rngs
-        )
-        features = feats[kd.kd_feature_layer]
-    else:
-        logits = state.apply_fn(variables, image, depth, train=True, rngs=rngs)
+    logits, features = apply_with_feature_layer(
+        state.apply_fn,
+        {"params": params},
+        batch["image"],
+        batch["depth"] if use_depth else None,
+        layer=None if kd is None else kd.feature_layer_read,
+        train=True,
+        rngs={"dropout": rng},
+    )
     ce_values = losses.segmentation_cross_entropy(logits, batch["label"], where=valid)
     ce = jnp.sum(ce_values) / pixel_denominator
     if kd is None:

@@ -84,8 +84,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
 def _data_parallel(config) -> DataParallel:
     par = DataParallel(config.parallel, config.num_devices)
-    for field in ("batch_size", "eval_batch_size"):  # eval_batch_size 0: one per device
-        size, n = config[field] or par.num_devices, par.num_devices
+    n = par.num_devices
+    for field in ("batch_size", "eval_batch_size"):
+        size = config[field] or n  # eval_batch_size 0: one image per device
         if size % n:
             raise field_error(field, f"{size} must be divisible by the number of devices {n}")
     return par
@@ -151,12 +152,8 @@ def _start(config, workdir, ckpt: Checkpointer, par: DataParallel, num_classes: 
         tconfig, teacher_params = runs.load_teacher(config, num_classes)
         teacher_model = make_model(tconfig, num_classes, depth_aware=True)
         distillation = distillation_lib.make_distillation(config, teacher_model)
-    state = create_train_state(
-        config,
-        jax.random.PRNGKey(config.seed),
-        num_classes=num_classes,
-        teacher_params=teacher_params,
-    )
+    rng = jax.random.PRNGKey(config.seed)
+    state = create_train_state(config, rng, num_classes=num_classes, teacher_params=teacher_params)
     step = 0
     if ckpt.latest_step() is not None:
         # jit: restore straight into the replicated global arrays (multi-host safe).
@@ -236,7 +233,7 @@ def _train(config, workdir: pathlib.Path, ckpt: Checkpointer) -> dict:
         """Checkpoints ``state`` after ``step`` if a save is due, with an evaluation when one is
         due; the last step is saved by the final evaluation (``final=True``), which returns its
         confusion matrix. The state is unreplicated only to be saved."""
-        if (step == total and not final) or not (final or save_due(step)):
+        if not final and (step == total or not save_due(step)):
             return None
         extra = {"data_step": step, "class_names": class_names}
         if not (final or eval_due(step)):

@@ -26,7 +26,7 @@ from drd_jax.models import (
     FeatureAdapter,
     FeatureAutoEncoder,
     ScoreMapCritic,
-    apply_with_features,
+    apply_with_feature_layer,
 )
 
 __all__ = [
@@ -186,6 +186,11 @@ class Distillation:
         return any(t.reads != "logits" for t in self.active_terms)
 
     @property
+    def feature_layer_read(self) -> str | None:
+        """``kd_feature_layer`` when a term reads features, else None (no features needed)."""
+        return self.kd_feature_layer if self.needs_features else None
+
+    @property
     def uses_autoencoder(self) -> bool:
         """Knowledge adaptation: codes of the pre-trained auto-encoder and the student adapter."""
         return self.adaptation_weight > 0
@@ -232,15 +237,14 @@ def teacher_outputs(
 
     ``features`` is None unless a term needs them, ``code`` unless knowledge adaptation is on.
     """
-    variables = {"params": teacher_params}
-    features = code = None
-    if distillation.needs_features:
-        logits, feats = apply_with_features(
-            distillation.teacher_model.apply, variables, image, depth, train=False
-        )
-        features = feats[distillation.kd_feature_layer]
-    else:
-        logits = distillation.teacher_model.apply(variables, image, depth, train=False)
+    logits, features = apply_with_feature_layer(
+        distillation.teacher_model.apply,
+        {"params": teacher_params},
+        image,
+        depth,
+        layer=distillation.feature_layer_read,
+    )
+    code = None
     if distillation.uses_autoencoder:
         code = distillation.autoencoder.apply(
             {"params": autoencoder_params}, features, method=FeatureAutoEncoder.encode
@@ -281,7 +285,7 @@ def student_distillation_terms(
 _TERM_OF_METRIC = {t.metric: t for t in TERMS}
 
 
-def weighted_sum(distillation: Distillation | None, terms: Mapping[str, jax.Array]) -> jax.Array:
+def weighted_sum(distillation: Distillation, terms: Mapping[str, jax.Array]) -> jax.Array:
     """``Σ weight · term`` over ``terms`` (``{metric: value}``; 0 when there is none)."""
     total = jnp.zeros((), jnp.float32)
     for metric, value in terms.items():

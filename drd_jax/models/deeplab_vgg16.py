@@ -247,3 +247,24 @@ def apply_with_features(
     )
     sown = state[FEATURE_COLLECTION]
     return logits, {name: sown[name + _SOWN_SUFFIX] for name in FEATURE_LAYERS}
+
+
+def apply_with_feature_layer(
+    apply_fn,
+    variables,
+    image: jax.Array,
+    depth: jax.Array | None = None,
+    *,
+    layer: str | None,
+    train: bool = False,
+    rngs=None,
+) -> tuple[jax.Array, jax.Array | None]:
+    """``(logits, features of layer)`` of one forward pass; with ``layer=None`` a plain
+    ``apply_fn`` (nothing sown) and ``(logits, None)``. Arguments as :func:`apply_with_features`.
+    """
+    if layer is None:
+        return apply_fn(variables, image, depth, train=train, rngs=rngs), None
+    logits, features = apply_with_features(
+        apply_fn, variables, image, depth, train=train, rngs=rngs
+    )
+    return logits, features[layer]
