@@ -55,6 +55,7 @@ FINGERPRINT_IGNORE = (
     "progress_bar",
     "write_curves",
     "divergence_factor",
+    "eval_pad_to",
 )
 
 
@@ -128,6 +129,7 @@ FIELDS: dict[str, object] = {
     "log_every_steps": _count(1),
     "eval_every_steps": _count(),
     "eval_batch_size": _count(),
+    "eval_pad_to": _PAIR,
     "checkpoint_every_steps": _count(1),
     "max_checkpoints_to_keep": _count(1),
 }
@@ -173,6 +175,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise field_error("dataset", f"no builder tfds_builders.{name} for {config.dataset!r}")
     if not all(isinstance(v, int) and v > 0 for v in config.crop_size):
         raise field_error("crop_size", f"must be two positive ints, got {config.crop_size!r}")
+    pad = config.eval_pad_to
+    if not (all(isinstance(v, int) and v >= 0 for v in pad) and (pad[0] > 0) == (pad[1] > 0)):
+        raise field_error(
+            "eval_pad_to", f"must be (0, 0) (automatic) or two positive ints, got {pad!r}"
+        )
     if 0 < config.divergence_factor <= 1:
         raise field_error(
             "divergence_factor", f"must be 0 (off) or > 1, got {config.divergence_factor!r}"

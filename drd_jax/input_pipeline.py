@@ -26,10 +26,15 @@ the bottom/right to a common size (``pad_to`` or the largest in the batch) with 
 the last batch is filled with padding examples (``index == -1``, all labels void; the size of record
 0 or ``pad_to``), so every process yields the same number of batches — of the same shape if all
 records share one size or ``pad_to`` is given. Void pixels never count in the metrics.
+Each example carries its real ``size`` (height, width) before padding; ``steps.eval_step(...,
+padded=True)`` gives it to the network, whose predictions on the real part are then those of the
+unpadded image. :func:`eval_pad_size` picks the canvas (the split's largest size) for a split of
+mixed sizes, so that one program is compiled for them all.
 
 Batches (numpy): ``image`` float32 (..., H, W, 3) ImageNet-normalised, ``depth`` float32
 (..., H, W) metres (0 = invalid), ``label`` int32 (..., H, W) in 0..K-1 with 255 = void, ``index``
-int32 (...,) record index, plus ``raw_image`` uint8 (..., H, W, 3) if ``include_raw_image``. The
+int32 (...,) record index, ``size`` int32 (..., 2) real (height, width) (evaluation only), plus
+``raw_image`` uint8 (..., H, W, 3) if ``include_raw_image``. The
 leading axes ``...`` are ``(per_process_batch,)`` for ``jax.jit`` (``num_devices=None``) or
 ``(num_devices, per_process_batch // num_devices)`` for ``jax.pmap``.
 
@@ -43,6 +48,7 @@ Example::
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import importlib
 from collections.abc import Sequence
@@ -145,6 +151,7 @@ class _TrainAugment(grain.transforms.MapWithIndex):
             include_raw_image=self.include_raw_image,
         )
         out["index"] = np.int32(record)
+        out["size"] = np.asarray(out["depth"].shape, np.int32)
         return _select(out)
 
 
@@ -153,7 +160,7 @@ def augmentation_rng(seed: int, epoch: int, record_index: int) -> np.random.Gene
     return np.random.default_rng([_AUGMENT_STREAM, seed, epoch, record_index])
 
 
-_KEYS = ("image", "depth", "label", "index", "raw_image")
+_KEYS = ("image", "depth", "label", "index", "size", "raw_image")
 
 
 def _select(example: dict) -> dict:
@@ -217,6 +224,7 @@ class _EvalLoad(grain.transforms.Map):
                 include_raw_image=self.include_raw_image,
             )
         out["index"] = np.int32(record)
+        out["size"] = np.asarray(out["depth"].shape, np.int32)
         return _select(out)
 
 
@@ -396,6 +404,31 @@ def create_eval_dataset(
     return EvalDataset(
         ds, grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size)
     )
+
+
+def eval_pad_size(
+    data_source, pad_to: Sequence[int] = (0, 0), *, num_threads: int = 8
+) -> tuple[int, int] | None:
+    """The (height, width) canvas evaluation pads every image to, or None for no padding.
+
+    ``pad_to`` (``config.eval_pad_to``): a positive pair is the canvas itself (nothing is read);
+    ``(0, 0)`` reads every record's size (with ``num_threads`` threads) and gives the largest, or
+    None when all records have one size (then nothing is padded, as before there was padding).
+    Pass the result to :func:`create_eval_dataset` and, when not None, evaluate with
+    ``steps.eval_step(..., padded=True)`` so that the network ignores the padding.
+    """
+    if pad_to is not None and tuple(pad_to) != (0, 0):
+        return transforms.check_size(pad_to, "pad_to")
+    n = _check_source(data_source)
+
+    def size(index: int) -> tuple[int, int]:
+        return tuple(np.shape(data_source[index]["depth"])[:2])
+
+    with concurrent.futures.ThreadPoolExecutor(max(1, num_threads)) as pool:
+        sizes = set(pool.map(size, range(n)))
+    if len(sizes) == 1:
+        return None
+    return tuple(int(v) for v in np.max(sorted(sizes), axis=0))
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:

@@ -22,7 +22,15 @@ from flax import jax_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-__all__ = ["DataParallel", "MESH_AXIS", "PARALLEL", "PMAP_AXIS", "sum_over_devices"]
+__all__ = [
+    "DataParallel",
+    "MESH_AXIS",
+    "PARALLEL",
+    "PMAP_AXIS",
+    "main_process_first",
+    "sum_over_devices",
+    "sync_processes",
+]
 
 PARALLEL = ("jit", "pmap")
 PMAP_AXIS = "batch"
@@ -33,6 +41,26 @@ def sum_over_devices(tree, axis_name: str | None):
     """``lax.psum(tree, axis_name)`` inside ``pmap``; ``tree`` itself when ``axis_name`` is None
     (``jit``, where the arrays are already global)."""
     return tree if axis_name is None else jax.lax.psum(tree, axis_name)
+
+
+def sync_processes(name: str) -> None:
+    """Waits until every process of a multi-process job reaches ``sync_processes(name)``
+    (nothing on a single process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def main_process_first(fn: Callable, name: str):
+    """``fn()`` on process 0, then on the other processes once it has returned there; e.g. a
+    dataset build into shared storage, which the others then find done. Returns ``fn()``."""
+    if jax.process_index() == 0:
+        result = fn()
+        sync_processes(name)
+        return result
+    sync_processes(name)
+    return fn()
 
 
 class DataParallel:

@@ -162,17 +162,31 @@ def evaluate_run(
 ) -> dict:
     """``metrics.compute_metrics`` plus ``"confusion_matrix"`` of a run on its test split.
 
-    One device, full resolution, batch 1. ``depth_aware=False`` applies a teacher's params with
-    plain convs and no depth: where a parameter-sharing student starts.
+    Full resolution; images of mixed sizes are padded into one canvas as the run's
+    ``eval_pad_to`` says (``input_pipeline.eval_pad_size``). One device and batch 1 in a single
+    process; in a multi-process job every process must call it, each evaluates its shard on its
+    devices, and all get the whole split's result. ``depth_aware=False`` applies a teacher's
+    params with plain convs and no depth: where a parameter-sharing student starts.
     """
     num_classes = len(run.class_names)
     model = run.make_model(depth_aware=depth_aware)
     source = input_pipeline.load_data_source(
         run.config.dataset, "test", data_dir=data_dir or resolve_data_dir(run.config)
     )
-    par = DataParallel("jit", 1)
-    eval_fn = par.compile(functools.partial(eval_step, model=model, num_classes=num_classes))
-    eval_ds = input_pipeline.create_eval_dataset(source, num_classes=num_classes)
+    pad_to = input_pipeline.eval_pad_size(source, run.config.get("eval_pad_to", (0, 0)))
+    par = DataParallel("jit", 1 if jax.process_count() == 1 else 0)
+    eval_fn = par.compile(
+        functools.partial(eval_step, model=model, num_classes=num_classes, padded=bool(pad_to))
+    )
+    eval_ds = input_pipeline.create_eval_dataset(
+        source,
+        num_classes=num_classes,
+        batch_size=par.num_devices,
+        num_devices=par.pipeline_num_devices,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        pad_to=pad_to,
+    )
     cm = loop.evaluate(eval_fn, par.put_state(run.params), eval_ds, par, num_classes)
     return {**metrics.compute_metrics(cm), "confusion_matrix": cm.tolist()}
 

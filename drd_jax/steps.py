@@ -201,12 +201,22 @@ def make_train_step(
 
 
 def predict(
-    params: Any, image: jax.Array, depth: jax.Array | None, *, model: DeepLabVGG16
+    params: Any,
+    image: jax.Array,
+    depth: jax.Array | None,
+    *,
+    model: DeepLabVGG16,
+    image_size: jax.Array | None = None,
 ) -> jax.Array:
     """Argmax class ids (N, H, W) int32 of normalised images (N, H, W, 3); ``depth`` (N, H, W)
-    in metres is read only by a depth-aware ``model`` (may be None otherwise)."""
+    in metres is read only by a depth-aware ``model`` (may be None otherwise). ``image_size``
+    (N, 2): each image's real (height, width) when padded into the canvas (``DeepLabVGG16``)."""
     logits = model.apply(
-        {"params": params}, image, depth if model.depth_aware else None, train=False
+        {"params": params},
+        image,
+        depth if model.depth_aware else None,
+        train=False,
+        image_size=image_size,
     )
     return jnp.argmax(logits, axis=-1)
 
@@ -225,9 +235,15 @@ def eval_step(
     model: DeepLabVGG16,
     num_classes: int,
     axis_name: str | None = None,
+    padded: bool = False,
 ) -> jax.Array:
-    """Confusion matrix (K, K) of a batch (padding examples, ``index < 0``, excluded)."""
+    """Confusion matrix (K, K) of a batch (padding examples, ``index < 0``, excluded).
+
+    ``padded``: the images may be padded into the batch's canvas (``input_pipeline.eval_pad_size``
+    gave one); the network then reads each one's real ``batch["size"]`` and ignores the padding.
+    """
     where = (batch["index"] >= 0)[:, None, None]
-    predictions = predict(params, batch["image"], batch["depth"], model=model)
+    size = batch["size"] if padded else None
+    predictions = predict(params, batch["image"], batch["depth"], model=model, image_size=size)
     cm = metrics.confusion_matrix(batch["label"], predictions, num_classes=num_classes, where=where)
     return sum_over_devices(cm, axis_name)

@@ -53,7 +53,7 @@ from drd_jax.checkpointing import Checkpointer
 from drd_jax.config import field_error, fingerprint, resolve_data_dir, validate_config
 from drd_jax.divergence import DivergenceMonitor, TrainingDivergedError
 from drd_jax.metric_writers import MetricWriter
-from drd_jax.parallel import DataParallel
+from drd_jax.parallel import DataParallel, main_process_first
 from drd_jax.state import create_train_state, make_model
 from drd_jax.steps import eval_step, make_train_step
 
@@ -190,8 +190,11 @@ def _pretrain_autoencoder(config, state, distillation, teacher_params, source, p
 def _train(config, workdir: pathlib.Path, ckpt: Checkpointer) -> dict:
     is_main = jax.process_index() == 0
     data_dir = resolve_data_dir(config)
-    train_source = input_pipeline.load_data_source(
-        config.dataset, "train", data_dir=data_dir, prepare=True
+    train_source = main_process_first(  # one process builds synthetic data
+        lambda: input_pipeline.load_data_source(
+            config.dataset, "train", data_dir=data_dir, prepare=True
+        ),
+        "prepare the dataset",
     )
     test_source = input_pipeline.load_data_source(config.dataset, "test", data_dir=data_dir)
     class_names = input_pipeline.dataset_class_names(config.dataset, train_source)
@@ -208,10 +211,16 @@ def _train(config, workdir: pathlib.Path, ckpt: Checkpointer) -> dict:
     )
     p_train = par.compile(train_fn, donate_state=True)
     model = make_model(config, num_classes)
-    p_eval = par.compile(functools.partial(eval_step, model=model, num_classes=num_classes))
+    pad_to = input_pipeline.eval_pad_size(test_source, config.eval_pad_to)
+    p_eval = par.compile(
+        functools.partial(
+            eval_step, model=model, num_classes=num_classes, padded=pad_to is not None
+        )
+    )
     eval_ds = input_pipeline.create_eval_dataset(
         test_source,
         num_classes=num_classes,
+        pad_to=pad_to,
         batch_size=config.eval_batch_size or par.num_devices,
         num_devices=par.pipeline_num_devices,
         process_index=jax.process_index(),

@@ -27,6 +27,11 @@ Writes, atomically, into ``<workdir>``:
   each of its evaluations (``config.eval_every_steps`` and the end; ``eval_curves`` in the JSON);
 * ``fig4.png``: Table 1's runs on the first test images (RGB, depth, GT, BL, TN, SN, legend);
 * ``curves.png``: training loss and test mIoU of every run.
+
+``--multihost`` (with ``--coordinator_address``, ``--num_processes``, ``--process_id``, or
+auto-detected; ``experiments/multihost.py``): every process runs this command as one job on
+shared storage. Process 0 builds the dataset, each run is trained by all processes together, the
+PS-start evaluation is shared out, and process 0 alone writes the results and figures.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ import time
 import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from experiments import multihost
 
 FLAGS = flags.FLAGS
 
@@ -221,10 +228,13 @@ def reproduce(
 
     ``kd_methods``: table kd's methods (``protocols.KD_METHODS`` keys; default all).
     """
+    import jax
+
     from drd_jax import config as config_lib
     from drd_jax import input_pipeline, runs
     from drd_jax.files import atomic_write_text
-    from experiments import figures, protocols
+    from drd_jax.parallel import main_process_first, sync_processes
+    from experiments import protocols
 
     workdir = pathlib.Path(workdir).expanduser().absolute()
     runs_dir = workdir / "runs"
@@ -243,8 +253,14 @@ def reproduce(
     ]
     started = time.perf_counter()
     data_dir = config_lib.resolve_data_dir(config)
-    # Build the dataset first (synthetic_rgbd is generated here; real datasets must be built).
-    input_pipeline.load_data_source(config.dataset, "train", data_dir=data_dir, prepare=True)
+    # Build the dataset first (synthetic_rgbd is generated here; real datasets must be built),
+    # on one process of a multi-process job.
+    main_process_first(
+        lambda: input_pipeline.load_data_source(
+            config.dataset, "train", data_dir=data_dir, prepare=True
+        ),
+        "prepare the dataset",
+    )
     data_seconds = time.perf_counter() - started
     results, timing = {}, {}
     order = protocols.runs_in_order(rows)
@@ -265,21 +281,45 @@ def reproduce(
         return loaded[key]
 
     if any(r.run.key == "sn" for r in rows):
-        # Where parameter sharing starts: the teacher's params with plain convs, RGB only.
+        # Where parameter sharing starts: the teacher's params with plain convs, RGB only
+        # (evaluated by every process of a multi-process job, each on its shard).
         m = runs.evaluate_run(run_params("tn"), depth_aware=False, data_dir=data_dir)
         summary["ps_starting_point"] = {k: percent(m[k]) for k, _ in METRICS}
         per_class = dict(zip(run_params("tn").class_names, m["per_class_iou"], strict=True))
         summary["ps_starting_point"]["per_class_iou"] = per_class_percent(per_class)
+    # Table 1's figure: each prediction column names what that network sees at test time.
+    # Every process restores the runs (as orbax expects of a job); process 0 draws them.
+    shown = {}
+    if "1" in tables and figure_images > 0:
+        columns = {"BL (RGB)": "bl", "TN (RGB-D)": "tn", "SN (RGB)": "sn"}
+        shown = {name: run_params(key) for name, key in columns.items()}
+    summary["seconds"] = {
+        "data": round(data_seconds, 1),
+        "runs": round(sum(t["seconds"] for t in timing.values()), 1),
+    }
+    if jax.process_index() == 0:  # one process writes the results and figures
+        run_dirs = {r.key: runs_dir / r.key for r in order}
+        _write_results(summary, config, workdir, run_dirs, shown, figure_images, data_dir)
+        summary["seconds"]["total"] = round(time.perf_counter() - started, 1)
+        text = json.dumps(summary, indent=2, allow_nan=False) + "\n"
+        atomic_write_text(workdir / RESULTS_JSON, text)
+    sync_processes("results written")
+    return summary
+
+
+def _write_results(summary, config, workdir, run_dirs, shown, figure_images, data_dir) -> None:
+    """Writes ``results.md`` (and prints it), ``curves.png`` and, given ``shown`` runs,
+    ``fig4.png`` into ``workdir``, each atomically; adds ``summary["seconds"]["figures"]``."""
+    from drd_jax import input_pipeline
+    from drd_jax.files import atomic_write_text
+    from experiments import figures
+
     figures_started = time.perf_counter()
     workdir.mkdir(parents=True, exist_ok=True)
     md = markdown(summary, dataset=config.dataset, steps=config.num_train_steps, width=config.width)
     atomic_write_text(workdir / RESULTS_MD, md)
-
-    figures.curves_figure(workdir / CURVES, {r.key: runs_dir / r.key for r in order})
-    if "1" in tables and figure_images > 0:
-        # Each prediction column names what that network sees at test time.
-        columns = {"BL (RGB)": "bl", "TN (RGB-D)": "tn", "SN (RGB)": "sn"}
-        shown = {name: run_params(key) for name, key in columns.items()}
+    figures.curves_figure(workdir / CURVES, run_dirs)
+    if shown:
         source = input_pipeline.load_data_source(config.dataset, "test", data_dir=data_dir)
         figures.qualitative_figure(
             workdir / FIGURE,
@@ -288,15 +328,8 @@ def reproduce(
             num_images=figure_images,
             depth_title="Depth (TN's input)",
         )
-    summary["seconds"] = {
-        "data": round(data_seconds, 1),
-        "runs": round(sum(t["seconds"] for t in timing.values()), 1),
-        "figures": round(time.perf_counter() - figures_started, 1),
-        "total": round(time.perf_counter() - started, 1),
-    }
-    atomic_write_text(workdir / RESULTS_JSON, json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    summary["seconds"]["figures"] = round(time.perf_counter() - figures_started, 1)
     print(md)
-    return summary
 
 
 def define_flags() -> None:
@@ -321,6 +354,7 @@ def define_flags() -> None:
     )
     config_flags.DEFINE_config_file("config", None, "Base training config file.", lock_config=True)
     flags.mark_flags_as_required(["config", "workdir"])
+    multihost.define_flags()
 
 
 def main(argv):
@@ -329,6 +363,7 @@ def main(argv):
     try:
         tables = parse_tables(FLAGS.table)
         parse_kd_methods(FLAGS.kd_methods)
+        multihost.initialize()  # before anything touches JAX
     except ValueError as e:
         raise app.UsageError(str(e)) from e
     cache = FLAGS.compilation_cache

@@ -27,6 +27,7 @@ LAYERS = {
     "drd_jax.ops.windows": 1,
     "drd_jax.ops.depth_pool": 1,
     "drd_jax.ops.depth_conv": 1,
+    "drd_jax.ops.valid_region": 1,
     "drd_jax.metrics": 1,
     "drd_jax.parallel": 1,
     "drd_jax.divergence": 1,
@@ -127,7 +128,13 @@ def test_no_import_cycles():
 
 
 # The entry points that train (everything else reads runs through drd_jax.runs).
-TRAINERS = ("drd_jax.train", "experiments.train", "experiments.reproduce", "experiments.bench_loop")
+TRAINERS = (
+    "drd_jax.train",
+    "experiments.train",
+    "experiments.reproduce",
+    "experiments.bench_loop",
+    "experiments.bench_gpu",
+)
 
 
 def test_nothing_but_the_entry_points_imports_the_trainer():

@@ -311,6 +311,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
         ({"momentum": 1.0}, "momentum"),
         ({"dropout_rate": 1.0}, "dropout_rate"),
         ({"crop_size": (32,)}, "crop_size"),
+        ({"eval_pad_to": (0, 32)}, "eval_pad_to"),
+        ({"eval_pad_to": (-1, -1)}, "eval_pad_to"),
         ({"teacher_checkpoint": "first"}, "teacher_checkpoint"),
     ],
 )

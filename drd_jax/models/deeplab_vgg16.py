@@ -162,7 +162,11 @@ class DeepLabVGG16(nn.Module):
 
     @nn.compact
     def __call__(
-        self, image: jax.Array, depth: jax.Array | None = None, train: bool = False
+        self,
+        image: jax.Array,
+        depth: jax.Array | None = None,
+        train: bool = False,
+        image_size: jax.Array | None = None,
     ) -> jax.Array:
         """Per-pixel class logits.
 
@@ -171,38 +175,44 @@ class DeepLabVGG16(nn.Module):
           depth: (N, H, W) or (N, H, W, 1) metres, 0 = no reading; required by the teacher,
             ignored by the student.
           train: enables dropout (needs a 'dropout' rng).
+          image_size: optional (N, 2) int, each image's real (height, width) when images of
+            several sizes are padded at the bottom and right into one (H, W) canvas (one compiled
+            program for them all). Every layer then sees zeros outside the real part, as 'SAME'
+            padding shows the unpadded image, and the logits are upsampled per image, so that
+            the real part's logits equal (to float rounding) those of the unpadded image.
+            Outside it the logits are 0. None: every image fills the canvas.
 
         Returns:
           (N, H, W, num_classes) logits at the input resolution.
         """
         depth = self._check_inputs(image, depth)
-        x = image
+        sizes = self._check_image_size(image, image_size)
+        x, depth = _keep_real(image, sizes), _keep_real(depth, sizes)
         for block, layers in VGG16_BLOCKS:
             dilation = 2 if block == "5" else 1
             for name, channels in layers:
                 x = self._conv(name, scaled_width(channels, self.width), (3, 3), dilation)(x, depth)
-                x = nn.relu(x)
+                x = _keep_real(nn.relu(x), sizes)
                 if name in FEATURE_LAYERS:
                     self._sow_feature(name, x)
             stride = 2 if block in ("1", "2", "3") else 1
             x = nn.max_pool(x, (3, 3), strides=(stride, stride), padding=_MAX_POOL_PAD)
-            if stride == 2 and depth is not None:
-                depth = ops.pool_depth(
-                    depth,
-                    window=(3, 3),
-                    strides=(2, 2),
-                    padding=_MAX_POOL_PAD,
-                    method=self.depth_pool_method,
-                )
+            if stride == 2:
+                sizes = None if sizes is None else ops.pooled_sizes(sizes)
+                if depth is not None:
+                    depth = ops.pool_depth(
+                        depth,
+                        window=(3, 3),
+                        strides=(2, 2),
+                        padding=_MAX_POOL_PAD,
+                        method=self.depth_pool_method,
+                    )
+            x, depth = _keep_real(x, sizes), _keep_real(depth, sizes)
         if self.pool5a:
-            if self.depth_aware_pooling and depth is not None:
-                x = ops.depth_aware_avg_pool(
-                    x, depth, window=(3, 3), strides=(1, 1), padding=_MAX_POOL_PAD, alpha=self.alpha
-                )
-            else:
-                x = nn.avg_pool(x, (3, 3), padding=_MAX_POOL_PAD, count_include_pad=False)
+            x = _keep_real(self._pool5a(x, depth, sizes), sizes)
 
         x = nn.relu(self._conv("fc6", scaled_width(FC_WIDTH, self.width), (3, 3), 12)(x, depth))
+        x = _keep_real(x, sizes)
         self._sow_feature("fc6", x)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         x = nn.relu(self._conv("fc7", scaled_width(FC_WIDTH, self.width), (1, 1))(x))
@@ -210,8 +220,47 @@ class DeepLabVGG16(nn.Module):
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         logits = self._conv("fc8", self.num_classes, (1, 1))(x)
         n, h, w, _ = image.shape
-        logits = jax.image.resize(logits, (n, h, w, self.num_classes), method="bilinear")
-        return logits
+        if sizes is None:
+            return jax.image.resize(logits, (n, h, w, self.num_classes), method="bilinear")
+        return ops.resize_bilinear_to_sizes(logits, sizes, image_size, (h, w))
+
+    def _pool5a(self, x, depth, sizes):
+        """The optional 3×3/1 average pool after pool5 (depth-aware in a teacher if asked);
+        padding and pixels outside the real image count in neither sum."""
+        where = None if sizes is None else ops.valid_mask(sizes, x.shape[1:3])
+        if self.depth_aware_pooling and depth is not None:
+            return ops.depth_aware_avg_pool(
+                x,
+                depth,
+                window=(3, 3),
+                strides=(1, 1),
+                padding=_MAX_POOL_PAD,
+                alpha=self.alpha,
+                where=where,
+            )
+        if where is None:
+            return nn.avg_pool(x, (3, 3), padding=_MAX_POOL_PAD, count_include_pad=False)
+        total = nn.avg_pool(x, (3, 3), padding=_MAX_POOL_PAD)  # x is already 0 outside
+        count = nn.avg_pool(where.astype(x.dtype), (3, 3), padding=_MAX_POOL_PAD)
+        return total / jnp.maximum(count, jnp.finfo(x.dtype).tiny)
+
+    def _check_image_size(self, image: jax.Array, image_size: jax.Array | None):
+        if image_size is None:
+            return None
+        if jnp.shape(image_size) != (image.shape[0], 2):
+            raise ValueError(
+                f"image_size must be (N, 2) = ({image.shape[0]}, 2) real (height, width) per "
+                f"image, got shape {jnp.shape(image_size)}"
+            )
+        return jnp.asarray(image_size, jnp.int32)
+
+
+def _keep_real(x: jax.Array | None, sizes: jax.Array | None) -> jax.Array | None:
+    """``x`` (N, H, W[, C]) with 0 outside each image's real region; as is if ``sizes`` is None."""
+    if x is None or sizes is None:
+        return x
+    mask = ops.valid_mask(sizes, x.shape[1:3])
+    return jnp.where(mask if x.ndim == 4 else mask[..., 0], x, jnp.zeros((), x.dtype))
 
 
 def feature_channels(layer: str, width: float) -> int:

@@ -8,6 +8,7 @@ from drd_jax.ops.depth_conv import (
     sanitize_depth,
 )
 from drd_jax.ops.depth_pool import POOL_DEPTH_METHODS, depth_aware_avg_pool, pool_depth
+from drd_jax.ops.valid_region import pooled_sizes, resize_bilinear_to_sizes, valid_mask
 from drd_jax.ops.windows import output_size, resolve_padding, window_shifts
 
 __all__ = [
@@ -19,7 +20,10 @@ __all__ = [
     "depth_similarity",
     "output_size",
     "pool_depth",
+    "pooled_sizes",
+    "resize_bilinear_to_sizes",
     "resolve_padding",
     "sanitize_depth",
+    "valid_mask",
     "window_shifts",
 ]

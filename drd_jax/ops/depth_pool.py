@@ -29,6 +29,7 @@ def depth_aware_avg_pool(
     strides=(1, 1),
     padding: Padding = "SAME",
     alpha=DEFAULT_ALPHA,
+    where=None,
 ):
     """Depth-aware average pooling (Depth-aware CNN's ``pool5a``).
 
@@ -50,6 +51,9 @@ def depth_aware_avg_pool(
       strides: int or ``(sh, sw)``.
       padding: ``'SAME'``, ``'VALID'`` or ``((lo, hi), (lo, hi))``.
       alpha: decay per metre of depth difference (SPEC: 8.3).
+      where: optional ``(N, H, W)`` or ``(N, H, W, 1)`` bool, the pixels that count: the others
+        count in neither sum, like padding (an image padded into a larger canvas pools as the
+        unpadded image does, see ``drd_jax.ops.valid_region``). None: every pixel.
 
     Returns:
       ``(N, H', W', C)`` in ``x``'s dtype; a window with no in-image pixel gives 0.
@@ -67,13 +71,18 @@ def depth_aware_avg_pool(
         raise ValueError(
             f"depth (N, H, W) = {depth.shape[:3]} must match x (N, H, W) = {x.shape[:3]}"
         )
+    if where is not None and jnp.shape(where)[:3] != depth.shape[:3]:
+        raise ValueError(f"where (N, H, W) = {jnp.shape(where)[:3]} must match x {x.shape[:3]}")
     window = as_pair(window, "window")
     if window[0] % 2 == 0 or window[1] % 2 == 0:
         raise ValueError(f"window must be odd in both dimensions (needs a centre), got {window}")
     acc = jnp.promote_types(x.dtype, jnp.float32)
     sim = depth_similarity(depth, window, alpha=alpha, strides=strides, padding=padding)
     geometry = dict(strides=strides, padding=padding)
-    inside = window_shifts(jnp.ones(depth.shape, acc), window, **geometry)
+    counted = jnp.ones(depth.shape, acc)
+    if where is not None:
+        counted = depth_as_nhw1(where, "where").astype(acc)
+    inside = window_shifts(counted, window, **geometry)
     shifts = window_shifts(x, window, **geometry)
     num = jnp.zeros(sim.shape[:3] + (x.shape[-1],), acc)
     den = jnp.zeros(sim.shape[:3] + (1,), acc)

@@ -75,6 +75,11 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.log_every_steps = 100
     c.eval_every_steps = 0  # 0 = evaluate only at the end
     c.eval_batch_size = 0  # 0 = one image per device
+    # Evaluation pads every test image at the bottom/right into one (height, width) canvas, so one
+    # program is compiled for a split of mixed sizes; the network sees zeros outside each image,
+    # so its predictions there are those of the unpadded image. (0, 0): the split's largest size,
+    # found by reading the split once, and no padding at all where every image has one size.
+    c.eval_pad_to = (0, 0)
     c.checkpoint_every_steps = 2000
     c.max_checkpoints_to_keep = 3
     return c
