@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test lint format bench bench-gpu gpu-wheels clean
 
 # GPU or TPU: `make install JAX_ACCELERATOR=cuda13` (or cuda12, tpu) adds jax's accelerator
 # plugin at the pinned jax version (README, "Installing on a GPU or TPU").
@@ -45,6 +45,36 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m experiments.bench_dconv
+
+# The GPU benchmark (issue 15, part 3) on the lent GPU machine: Python 3.12 at python3 with jax
+# 0.11.2 + CUDA, flax, optax, orbax, torch, ...; no network and no .venv, so bench-gpu needs no
+# install step here. First, here: `make gpu-wheels` downloads into .whl/ (gitignored, ~11 MiB)
+# the wheels of what that machine lacks (grain, tensorflow-datasets, array_record, ...; see
+# experiments/gpu_wheels.sh). Then the device call (the `run` tool):
+#   command: set -o pipefail; make bench-gpu BENCH_GPU_FLAGS=--output_dir=$OUT 2>&1 | tee $OUT/bench_gpu.log
+#   carry: [".whl"]    timeout_s: 600
+# bench-gpu installs $(BENCH_WHEELS)/*.whl, if any, into $(BENCH_SITE), puts that on PYTHONPATH
+# and runs experiments.bench_gpu (default budget 420 s), which writes bench_gpu.md and
+# bench_gpu.json to --output_dir (default results/bench_gpu). A CPU smoke run of the same command
+# with this checkout's .venv (BENCH_WHEELS= : nothing to install):
+#   make bench-gpu BENCH_PYTHON=.venv/bin/python BENCH_WHEELS= BENCH_GPU_FLAGS="--batch=2 \
+#     --height=32 --width_px=32 --network_width=0.0625 --repeats=1 --synthetic_config=tiny \
+#     --synthetic_steps=5"
+BENCH_PYTHON ?= python3
+BENCH_GPU_FLAGS ?=
+BENCH_WHEELS ?= .whl
+BENCH_SITE ?= /tmp/site
+
+gpu-wheels:
+	bash experiments/gpu_wheels.sh .whl
+
+bench-gpu:
+	set -e; if [ -n "$(BENCH_WHEELS)" ] && ls $(BENCH_WHEELS)/*.whl >/dev/null 2>&1; then \
+		$(BENCH_PYTHON) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+			--upgrade --target $(BENCH_SITE) $(BENCH_WHEELS)/*.whl; \
+		export PYTHONPATH=$(BENCH_SITE)$${PYTHONPATH:+:$$PYTHONPATH}; \
+	fi; \
+	PYTHONUNBUFFERED=1 $(BENCH_PYTHON) -m experiments.bench_gpu $(BENCH_GPU_FLAGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -64,8 +64,11 @@ VGG240_LAYERS = {
 PRESETS = {"vgg240": VGG240_LAYERS}
 
 
-def model_layer_shapes(batch: int, height: int, width: int) -> dict[str, tuple]:
-    """Shapes of the depth-aware convs of full-width DeepLab-VGG16, read off the model.
+def model_layer_shapes(
+    batch: int, height: int, width: int, network_width: float = 1.0
+) -> dict[str, tuple]:
+    """Shapes of the depth-aware convs of DeepLab-VGG16 (full width unless ``network_width``, the
+    model's width multiplier, says otherwise), read off the model.
 
     Traces the teacher's ``init`` with ``jax.eval_shape`` (nothing is computed) and records the
     input of every ``DepthAwareConv`` that is depth-aware: (N, H, W, Cin, Cout, k, dilation).
@@ -86,7 +89,9 @@ def model_layer_shapes(batch: int, height: int, width: int) -> dict[str, tuple]:
                 shapes[module.name] = (*args[0].shape, module.features, k[0], d[0])
         return next_fun(*args, **kwargs)
 
-    model = DeepLabVGG16(num_classes=40, depth_aware=True, depth_aware_layers="all")
+    model = DeepLabVGG16(
+        num_classes=40, width=network_width, depth_aware=True, depth_aware_layers="all"
+    )
     image = jax.ShapeDtypeStruct((batch, height, width, 3), jnp.float32)
     depth = jax.ShapeDtypeStruct((batch, height, width), jnp.float32)
     with nn.intercept_methods(record):

@@ -18,6 +18,8 @@ For every distinct depth-aware conv shape of full-width DeepLab-VGG16 at 240×32
 (``bench_dconv.VGG240_LAYERS``), the two are timed round-robin in one process (one run of each
 per round, median of ``--repeats`` after a warm-up), torch with as many threads as CPU cores.
 Before timing, both are checked to compute the same numbers on a small shape (float32).
+The functions take a torch ``device`` (``--device``, default ``cpu``; on ``cuda`` every peer
+run ends with ``torch.cuda.synchronize()``); ``experiments.bench_gpu`` runs them on the GPU.
 Not a test: numbers depend on the machine.
 """
 
@@ -54,15 +56,18 @@ def torch_dconv(torch, x, depth, weight, k, dilation, alpha=ALPHA):
     return torch.matmul(weight, weighted).view(n, -1, h, w)
 
 
-def _torch_inputs(torch, x, depth, kernel, cotangent):
-    """Our NHWC / HWIO arrays in the peer's layouts (same values)."""
+def _torch_inputs(torch, x, depth, kernel, cotangent, device="cpu"):
+    """Our NHWC / HWIO arrays in the peer's layouts (same values), on torch ``device``."""
     k, _, cin, cout = kernel.shape
-    tx = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()).requires_grad_(True)
-    tdepth = torch.from_numpy(np.asarray(depth)[:, None].copy())
-    w = np.asarray(kernel).transpose(3, 2, 0, 1).reshape(cout, cin * k * k)
-    tw = torch.from_numpy(w.copy()).requires_grad_(True)
-    tcot = torch.from_numpy(np.asarray(cotangent).transpose(0, 3, 1, 2).copy())
-    return tx, tdepth, tw, tcot
+
+    def tensor(a):
+        return torch.from_numpy(np.array(a, order="C")).to(device)  # a writable copy
+
+    tx = tensor(np.asarray(x).transpose(0, 3, 1, 2)).requires_grad_(True)
+    tdepth = tensor(np.asarray(depth)[:, None])
+    tw = tensor(np.asarray(kernel).transpose(3, 2, 0, 1).reshape(cout, cin * k * k))
+    tcot = tensor(np.asarray(cotangent).transpose(0, 3, 1, 2))
+    return tx, tdepth, tw.requires_grad_(True), tcot
 
 
 def _torch_fwd_bwd(torch, tx, tdepth, tw, tcot, k, dilation):
@@ -80,37 +85,86 @@ def _ours(shape, dtype=np.float32):
     return jax.jit(fwd_bwd).lower(*args).compile(), args
 
 
-def check_same_numbers(torch, shape=(2, 11, 14, 5, 7, 3, 2), rtol=1e-4, atol=1e-5):
-    """Asserts that the peer and our fast D-Conv agree (loss, dx, dW) on a small float32 shape."""
-    compiled, (x, depth, kernel, cotangent) = _ours(shape)
+def check_same_numbers(torch, shape=(2, 11, 14, 5, 7, 3, 2), rtol=1e-4, atol=1e-5, device="cpu"):
+    """Asserts that the peer (on torch ``device``) and our fast D-Conv agree (loss, dx, dW) on a
+    small float32 shape, both at full float32 precision (no TF32)."""
+    with jax.default_matmul_precision("highest"):
+        compiled, (x, depth, kernel, cotangent) = _ours(shape)
     loss, (dx, dkernel) = jax.device_get(compiled(x, depth, kernel, cotangent))
-    tx, tdepth, tw, tcot = _torch_inputs(torch, x, depth, kernel, cotangent)
+    tx, tdepth, tw, tcot = _torch_inputs(torch, x, depth, kernel, cotangent, device)
     k, dilation = shape[5], shape[6]
     t_loss, t_dx, t_dw = _torch_fwd_bwd(torch, tx, tdepth, tw, tcot, k, dilation)
     cout, cin = shape[4], shape[3]
-    t_dkernel = t_dw.numpy().reshape(cout, cin, k, k).transpose(2, 3, 1, 0)
+    t_dkernel = t_dw.cpu().numpy().reshape(cout, cin, k, k).transpose(2, 3, 1, 0)
     scale = float(np.abs(dx).max()), float(np.abs(dkernel).max())
     np.testing.assert_allclose(t_loss.item(), float(loss), rtol=rtol, atol=atol * abs(float(loss)))
-    t_dx = t_dx.numpy().transpose(0, 2, 3, 1)
+    t_dx = t_dx.cpu().numpy().transpose(0, 2, 3, 1)
     np.testing.assert_allclose(t_dx, dx, rtol=rtol, atol=atol * scale[0])
     np.testing.assert_allclose(t_dkernel, dkernel, rtol=rtol, atol=atol * scale[1])
 
 
-def bench_shape(torch, shape, repeats):
-    """Median seconds (torch peer, ours) for one shape, timed round-robin."""
+def bench_shape(torch, shape, repeats, device="cpu"):
+    """Median seconds (torch peer on ``device``, ours) for one float32 shape, timed round-robin."""
     compiled, args = _ours(shape)
-    tx, tdepth, tw, tcot = _torch_inputs(torch, *args)
+    tx, tdepth, tw, tcot = _torch_inputs(torch, *args, device)
     k, dilation = shape[5], shape[6]
+    cuda = torch.device(device).type == "cuda"
 
     def peer():
-        _torch_fwd_bwd(torch, tx, tdepth, tw, tcot, k, dilation)  # torch CPU is synchronous
+        _torch_fwd_bwd(torch, tx, tdepth, tw, tcot, k, dilation)
+        if cuda:  # kernels run asynchronously there; torch CPU is synchronous
+            torch.cuda.synchronize(device)
 
     return bench_dconv._time_round_robin([(peer, ()), (compiled, args)], repeats)
+
+
+def bench_layers(torch, layers, repeats, device="cpu", *, each=None) -> list[dict]:
+    """:func:`bench_shape` of every distinct shape of ``layers`` (name → shape): rows
+    ``{layers, shape, count, peer_s, ours_s}`` (seconds). ``each(row)``, if given, sees every
+    row as it comes and may return False to stop before the next shape."""
+    rows = []
+    for label, shape, count in distinct_shapes(layers):
+        t0 = time.perf_counter()
+        peer_s, ours_s = bench_shape(torch, shape, repeats, device)
+        print(f"  {label}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+        rows.append(dict(layers=label, shape=shape, count=count, peer_s=peer_s, ours_s=ours_s))
+        if each is not None and each(rows[-1]) is False:
+            break
+    return rows
+
+
+def format_peer_table(rows: list[dict], min_speedup: float | None = None) -> str:
+    """Markdown table of :func:`bench_layers` rows with totals over the distinct shapes and over
+    the network; with ``min_speedup``, a PASS/FAIL column (torch / ours ≥ ``min_speedup``)."""
+    verdict = min_speedup is not None
+    lines = [
+        "| layer(s) | shape (H×W, Cin→Cout) | torch peer ms | ours (fast) ms | torch / ours |"
+        + (f" ≥ {min_speedup:g}× |" if verdict else ""),
+        "|---|---|---:|---:|---:|" + ("---|" if verdict else ""),
+    ]
+
+    def line(label, shape_text, peer, ours, digits):
+        ratio = peer / ours
+        end = f" {bench_dconv._verdict(ratio >= min_speedup)} |" if verdict else ""
+        ms = f"{peer * 1e3:.{digits}f} | {ours * 1e3:.{digits}f}"
+        return f"| {label} | {shape_text} | {ms} | {ratio:.2f}× |" + end
+
+    total, network = np.zeros(2), np.zeros(2)
+    for r in rows:
+        times = np.asarray([r["peer_s"], r["ours_s"]])
+        total += times
+        network += r["count"] * times
+        lines.append(line(r["layers"], bench_dconv._shape_text(r["shape"]), *times, 1))
+    layers = sum(r["count"] for r in rows)
+    lines.append(line("**sum over the distinct shapes**", "", *total, 0))
+    lines.append(line(f"**network ({layers} layers, each once)**", "", *network, 0))
+    return "\n".join(lines)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per program")
+    parser.add_argument("--device", default="cpu", help="torch device of the peer (cpu, cuda)")
     args = parser.parse_args(argv)
     try:
         import torch
@@ -122,41 +176,17 @@ def main(argv=None):
     torch.set_num_threads(threads)
     print(
         f"jax {jax.__version__} (backend {jax.default_backend()}), torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), float32, repeats {args.repeats}"
+        f"({torch.get_num_threads()} threads, {args.device}), float32, repeats {args.repeats}"
     )
-    check_same_numbers(torch, (2, 11, 14, 5, 7, 3, 2))
-    check_same_numbers(torch, (1, 9, 12, 4, 6, 3, 1))
+    check_same_numbers(torch, (2, 11, 14, 5, 7, 3, 2), device=args.device)
+    check_same_numbers(torch, (1, 9, 12, 4, 6, 3, 1), device=args.device)
     print("check: the torch peer and our fast D-Conv agree (loss, dx, dW; rtol 1e-4)")
     bench_dconv.check_vgg_layers()
 
     start = time.perf_counter()
-    lines = [
-        "| layer(s) | shape (H×W, Cin→Cout) | torch peer ms | ours (fast) ms | torch / ours |",
-        "|---|---|---:|---:|---:|",
-    ]
-    total = np.zeros(2)
-    network = np.zeros(2)
-    for label, shape, count in distinct_shapes(VGG240_LAYERS):
-        t0 = time.perf_counter()
-        times = np.asarray(bench_shape(torch, shape, args.repeats))
-        print(f"  {label}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-        total += times
-        network += count * times
-        lines.append(
-            f"| {label} | {bench_dconv._shape_text(shape)} | {times[0] * 1e3:.1f} "
-            f"| {times[1] * 1e3:.1f} | {times[0] / times[1]:.2f}× |"
-        )
-    lines.append(
-        f"| **sum over the distinct shapes** | | {total[0] * 1e3:.0f} | {total[1] * 1e3:.0f} "
-        f"| {total[0] / total[1]:.2f}× |"
-    )
-    layers = sum(c for _, _, c in distinct_shapes(VGG240_LAYERS))
-    lines.append(
-        f"| **network ({layers} layers, each once)** | | {network[0] * 1e3:.0f} "
-        f"| {network[1] * 1e3:.0f} | {network[0] / network[1]:.2f}× |"
-    )
+    rows = bench_layers(torch, VGG240_LAYERS, args.repeats, args.device)
     print()
-    print("\n".join(lines))
+    print(format_peer_table(rows))
     print(f"\nbenchmark wall time {time.perf_counter() - start:.0f} s")
     return 0
 

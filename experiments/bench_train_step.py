@@ -15,6 +15,9 @@ on the same random batch, jitted with the state donated, as ``train_and_evaluate
 Reports the compile time of each step (``lower`` + ``compile``, wall) and the median step time
 over ``--repeats`` runs after ``--warmup`` runs, timed round-robin (one step of each program per
 round) so that load from other processes affects them alike. Ratios are to the student.
+The building blocks (:func:`make_config`, :func:`compile_step`, :func:`time_steps`,
+:func:`step_rows`, :func:`format_step_table`) take explicit arguments; ``experiments.bench_gpu``
+uses them too.
 Not a test: numbers depend on the machine.
 """
 
@@ -22,6 +25,8 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -47,84 +52,173 @@ _VTCE = flags.DEFINE_bool("with_vtce", False, "Also time the student step with V
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
 
 
-def _config(mode: str):
+class Program(NamedTuple):
+    """A compiled train step, its first state, the teacher params it takes and its compile time
+    (seconds, ``lower`` + ``compile``)."""
+
+    compiled: Any
+    state: Any
+    teacher_params: Any
+    compile_s: float
+
+
+def make_config(
+    mode: str,
+    *,
+    width: float,
+    batch: int,
+    height: int,
+    width_px: int,
+    depth_aware_layers: str = "all",
+    dtype: str = "float32",
+):
+    """The base config for ``mode`` at a ``width`` multiplier, ``batch`` images of
+    ``height``×``width_px`` pixels, computing in ``dtype`` ('float32' or 'bfloat16')."""
     c = base.get_base_config()
     c.dataset = "synthetic_rgbd/default"  # only read by validate_config, never loaded here
     c.mode = mode
-    c.width = _WIDTH.value
-    c.batch_size = _BATCH.value
-    c.crop_size = (_HEIGHT.value, _WIDTH_PX.value)
-    c.depth_aware_layers = _LAYERS.value
+    c.width = width
+    c.batch_size = batch
+    c.crop_size = (height, width_px)
+    c.depth_aware_layers = depth_aware_layers
+    c.dtype = dtype
     c.num_train_steps = 1000
     return c
 
 
-def _batch(rng: np.random.Generator) -> dict:
-    n, h, w = _BATCH.value, _HEIGHT.value, _WIDTH_PX.value
+def random_batch(rng: np.random.Generator, *, batch: int, height: int, width_px: int, classes: int):
+    """``{'image': (N, H, W, 3) float32, 'depth': (N, H, W) float32 metres in [0.5, 8),
+    'label': (N, H, W) int32 in [0, classes)}``."""
+    n, h, w = batch, height, width_px
     return {
         "image": jnp.asarray(rng.normal(size=(n, h, w, 3)), jnp.float32),
         "depth": jnp.asarray(rng.uniform(0.5, 8.0, size=(n, h, w)), jnp.float32),
-        "label": jnp.asarray(rng.integers(0, _CLASSES.value, size=(n, h, w)), jnp.int32),
+        "label": jnp.asarray(rng.integers(0, classes, size=(n, h, w)), jnp.int32),
     }
 
 
-def _program(mode: str, *, teacher_params=None, teacher_model=None):
-    """(compiled step, state, teacher params, compile seconds) for ``mode``."""
-    config = _config(mode)
-    k = _CLASSES.value
-    state = state_lib.create_train_state(config, jax.random.PRNGKey(0), num_classes=k)
-    model = state_lib.make_model(config, k)
-    if _DTYPE.value == "bfloat16" or _IMPL.value != "fast":
-        model = model.clone(
-            dtype=jnp.bfloat16 if _DTYPE.value == "bfloat16" else model.dtype,
-            conv_implementation=_IMPL.value,
-        )
+def compile_step(
+    config,
+    batch: dict,
+    *,
+    classes: int,
+    implementation: str = "fast",
+    teacher_params=None,
+    teacher_model=None,
+) -> Program:
+    """The jitted (state donated) ``train_step`` of ``config`` compiled for ``batch``'s shapes,
+    with a fresh state; with ``teacher_model``, the student step with VTCE from it."""
+    state = state_lib.create_train_state(config, jax.random.PRNGKey(0), num_classes=classes)
+    if implementation != "fast":
+        model = state_lib.make_model(config, classes).clone(conv_implementation=implementation)
         state = state.replace(apply_fn=model.apply)
     kd = None if teacher_model is None else distillation.make_distillation(config, teacher_model)
-    step = steps.make_train_step(config, num_classes=k, num_train_images=1000, distillation=kd)
+    step = steps.make_train_step(
+        config, num_classes=classes, num_train_images=1000, distillation=kd
+    )
     jitted = jax.jit(step, donate_argnums=(0,))
-    batch = _batch(np.random.default_rng(0))
     start = time.perf_counter()
     compiled = jitted.lower(state, batch, teacher_params).compile()
-    return compiled, state, teacher_params, time.perf_counter() - start
+    return Program(compiled, state, teacher_params, time.perf_counter() - start)
+
+
+def run_step(program: Program, state, batch: dict):
+    """One step of ``program`` (``state`` is donated); returns the new state once it is ready."""
+    state, metrics = program.compiled(state, batch, program.teacher_params)
+    jax.block_until_ready((state, metrics))
+    return state
+
+
+def time_steps(
+    programs: dict[str, Program], states: dict, batch: dict, *, warmup: int, repeats: int
+) -> dict[str, list[float]]:
+    """Seconds of each of ``repeats`` steps per program after ``warmup`` untimed ones, one step of
+    each program per round. ``states`` (name → state) is updated in place."""
+    times: dict[str, list[float]] = {name: [] for name in programs}
+    for i in range(warmup + repeats):
+        for name, program in programs.items():
+            start = time.perf_counter()
+            states[name] = run_step(program, states[name], batch)
+            if i >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def step_rows(programs: dict[str, Program], times: dict, batch: int) -> list[dict]:
+    """Per program: ``step``, ``compile_s``, median ``step_s``, ``images_per_s`` and
+    ``ratio_to_student`` (step time over the ``student`` program's)."""
+    base_time = statistics.median(times["student"])
+    rows = []
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        rows.append(
+            dict(
+                step=name,
+                compile_s=programs[name].compile_s,
+                step_s=med,
+                images_per_s=batch / med,
+                ratio_to_student=med / base_time,
+            )
+        )
+    return rows
+
+
+def format_step_table(rows: list[dict], extra: Sequence[tuple[str, str]] = ()) -> str:
+    """Markdown table of :func:`step_rows`, plus ``extra`` columns ``(header, row key)`` whose
+    values are preformatted text."""
+    head = "| step | compile (s) | step time (s, median) | images/s | ratio to student |"
+    lines = [
+        head + "".join(f" {h} |" for h, _ in extra),
+        "|---|---:|---:|---:|---:|" + "---:|" * len(extra),
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['step']} | {r['compile_s']:.1f} | {r['step_s']:.3f} | {r['images_per_s']:.2f} "
+            f"| {r['ratio_to_student']:.2f}× |" + "".join(f" {r[k]} |" for _, k in extra)
+        )
+    return "\n".join(lines)
+
+
+def _flag_config(mode: str):
+    return make_config(
+        mode,
+        width=_WIDTH.value,
+        batch=_BATCH.value,
+        height=_HEIGHT.value,
+        width_px=_WIDTH_PX.value,
+        depth_aware_layers=_LAYERS.value,
+        dtype=_DTYPE.value,
+    )
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    rng = np.random.default_rng(1)
-    batch = _batch(rng)
-    programs = {"student": _program("baseline"), "teacher": _program("teacher")}
+    shape = dict(batch=_BATCH.value, height=_HEIGHT.value, width_px=_WIDTH_PX.value)
+    k, impl = _CLASSES.value, _IMPL.value
+    first = random_batch(np.random.default_rng(0), **shape, classes=k)
+    programs = {
+        "student": compile_step(_flag_config("baseline"), first, classes=k, implementation=impl),
+        "teacher": compile_step(_flag_config("teacher"), first, classes=k, implementation=impl),
+    }
     if _VTCE.value:
-        teacher_config = _config("teacher")
-        teacher_model = state_lib.make_model(teacher_config, _CLASSES.value)
-        teacher_params = jax.tree.map(jnp.copy, programs["teacher"][1].params)
-        programs["student+vtce"] = _program(
-            "baseline", teacher_params=teacher_params, teacher_model=teacher_model
+        programs["student+vtce"] = compile_step(
+            _flag_config("baseline"),
+            first,
+            classes=k,
+            implementation=impl,
+            teacher_params=jax.tree.map(jnp.copy, programs["teacher"].state.params),
+            teacher_model=state_lib.make_model(_flag_config("teacher"), k),
         )
-    states = {name: p[1] for name, p in programs.items()}
-    times: dict[str, list[float]] = {name: [] for name in programs}
-    for i in range(_WARMUP.value + _REPEATS.value):
-        for name, (compiled, _, tparams, _) in programs.items():
-            start = time.perf_counter()
-            states[name], metrics = compiled(states[name], batch, tparams)
-            jax.block_until_ready((states[name], metrics))
-            if i >= _WARMUP.value:
-                times[name].append(time.perf_counter() - start)
-    base_time = statistics.median(times["student"])
+    batch = random_batch(np.random.default_rng(1), **shape, classes=k)
+    states = {name: p.state for name, p in programs.items()}
+    times = time_steps(programs, states, batch, warmup=_WARMUP.value, repeats=_REPEATS.value)
     print(
         f"DeepLab-VGG16 width {_WIDTH.value:g}, {_HEIGHT.value}x{_WIDTH_PX.value}, batch "
-        f"{_BATCH.value}, {_CLASSES.value} classes, {_DTYPE.value}, depth-aware layers "
-        f"'{_LAYERS.value}', D-Conv '{_IMPL.value}', {jax.devices()[0].device_kind}"
+        f"{_BATCH.value}, {k} classes, {_DTYPE.value}, depth-aware layers "
+        f"'{_LAYERS.value}', D-Conv '{impl}', {jax.devices()[0].device_kind}"
     )
-    print("| step | compile (s) | step time (s, median) | images/s | ratio to student |")
-    print("|---|---:|---:|---:|---:|")
-    for name, ts in times.items():
-        med = statistics.median(ts)
-        print(
-            f"| {name} | {programs[name][3]:.1f} | {med:.3f} | {_BATCH.value / med:.2f} | "
-            f"{med / base_time:.2f}× |"
-        )
+    print(format_step_table(step_rows(programs, times, _BATCH.value)))
 
 
 if __name__ == "__main__":
