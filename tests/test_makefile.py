@@ -1,5 +1,6 @@
 """The Makefile's install line for accelerators uses the jax version pinned in requirements.txt."""
 
+import os
 import pathlib
 import re
 import shutil
@@ -29,9 +30,16 @@ def test_install_adds_the_accelerator_plugin_of_the_pinned_jax(accelerator):
 
 
 def _dry_run(*args: str) -> str:
-    """``make -n`` output, continued lines joined, runs of whitespace as one space."""
+    """``make -n`` output, continued lines joined, runs of whitespace as one space (as a top-level
+    make: under ``make test`` the inherited MAKEFLAGS would add "Entering directory" lines)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
     out = subprocess.run(
-        ["make", "-n", *args], cwd=ROOT, capture_output=True, text=True, check=True
+        ["make", "--no-print-directory", "-n", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return " ".join(out.replace("\\\n", " ").split())
 
