@@ -29,6 +29,7 @@ __all__ = [
     "FINGERPRINT_IGNORE",
     "INITS",
     "MODES",
+    "Number",
     "OPTIMIZERS",
     "TEACHER_CHECKPOINTS",
     "field_error",
@@ -140,27 +141,64 @@ def field_error(name: str, message: str) -> ValueError:
     return ValueError(f"config.{name}: {message}")
 
 
+def _in_range(v, check: Number) -> bool:
+    """``v`` is finite, integral if ``check.integer``, and inside ``check``'s interval."""
+    return (
+        math.isfinite(v)
+        and (not check.integer or int(v) == v)
+        and check.lo <= v <= check.hi
+        and not (check.lo_open and v == check.lo)
+        and not (check.hi_open and v == check.hi)
+    )
+
+
+def _describe(check: Number) -> str:
+    """What ``check`` accepts, e.g. ``'a finite number in (0, inf)'``, ``'an integer in [1, 8]'``.
+
+    Only finite values pass, so an infinite end is always printed open.
+    """
+    unbounded = math.isinf(check.hi)
+    lo, hi = check.lo, check.hi
+    if check.integer:
+        lo, hi = int(lo), hi if unbounded else int(hi)
+    lb = "(" if check.lo_open else "["
+    rb = ")" if check.hi_open or unbounded else "]"
+    kind = "an integer" if check.integer else "a finite number" if unbounded else "a number"
+    return f"{kind} in {lb}{lo}, {hi}{rb}"
+
+
 def _check_field(config, name: str, check) -> None:
     v = config[name]
     if isinstance(check, Number):
         if isinstance(v, bool) or not isinstance(v, int | float | np.integer | np.floating):
             raise field_error(name, f"must be a number, got {v!r}")
-        if check.integer and int(v) != v:
-            raise field_error(name, f"must be an integer, got {v!r}")
-        lo, hi = check.lo, check.hi
-        if (
-            not math.isfinite(v)
-            or not lo <= v <= hi
-            or (check.lo_open and v == lo)
-            or (check.hi_open and v == hi)
-        ):
-            lb, rb = "(" if check.lo_open else "[", ")" if check.hi_open else "]"
-            raise field_error(name, f"must be in {lb}{lo}, {hi}{rb}, got {v!r}")
+        if not _in_range(v, check):
+            raise field_error(name, f"must be {_describe(check)}, got {v!r}")
     elif check == _PAIR:
         if not isinstance(v, list | tuple) or len(v) != 2:
             raise field_error(name, f"must be a pair, got {v!r}")
     elif isinstance(check, tuple) and v not in check:
         raise field_error(name, f"must be one of {check}, got {v!r}")
+
+
+def _check_dataset(dataset) -> None:
+    """``dataset`` is ``<builder>`` or ``<builder>/<config>`` of ``tfds_builders``.
+
+    Raises:
+      ValueError: ``config.dataset: ...`` naming the missing builder, or listing the builder's
+        configs when it has no config of that name.
+    """
+    name, _, builder_config = str(dataset).partition("/")
+    if not name or importlib.util.find_spec(f"tfds_builders.{name}") is None:
+        raise field_error("dataset", f"no builder tfds_builders.{name} for {dataset!r}")
+    if builder_config:
+        from tfds_builders._common import UnknownConfigError, check_config_name
+
+        builder = importlib.import_module(f"tfds_builders.{name}").Builder
+        try:
+            check_config_name(builder, builder_config)
+        except UnknownConfigError as e:
+            raise field_error("dataset", str(e)) from None
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -170,9 +208,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config is missing the fields {missing} (see experiments/configs/)")
     for name, check in FIELDS.items():
         _check_field(config, name, check)
-    name = str(config.dataset).partition("/")[0]
-    if not name or importlib.util.find_spec(f"tfds_builders.{name}") is None:
-        raise field_error("dataset", f"no builder tfds_builders.{name} for {config.dataset!r}")
+    _check_dataset(config.dataset)
     if not all(isinstance(v, int) and v > 0 for v in config.crop_size):
         raise field_error("crop_size", f"must be two positive ints, got {config.crop_size!r}")
     pad = config.eval_pad_to

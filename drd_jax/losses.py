@@ -13,7 +13,9 @@ inside each loss). Losses are computed in at least float32 (bfloat16/float16 inp
 and gradients come back in the input's dtype). VTCE's value and gradient are exact for every
 temperature T ≥ 0, including the schedule's float32 underflow to 0, and under any upstream
 scale: its derivative is written out (:func:`tempered_log_softmax`) rather than formed as
-``T · (cotangent / T)``, which underflows for T below about 1e-30.
+``T · (cotangent / T)``, which underflows for T below about 1e-30. An invalid temperature
+(negative, NaN, ±inf) raises ``ValueError`` when its value is known, and makes the loss NaN when
+it is traced (under ``jit``); labels must be integers (a float dtype raises at trace time).
 
 Contents:
 
@@ -77,6 +79,42 @@ def _check_positive(name: str, value: Any, *, allow_zero: bool = False) -> None:
     if bad or np.any(np.isnan(v)):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be {bound}, got {value!r}.")
+
+
+def _check_temperature(temperature: Any, *, allow_zero: bool) -> None:
+    """Raises ``ValueError`` naming ``temperature`` when a *concrete* value (any entry) is not a
+    finite number ``>= 0`` (``> 0`` without ``allow_zero``); tracers pass (see
+    :func:`_nan_where_invalid_temperature`)."""
+    if not _is_concrete(temperature):
+        return
+    t = np.asarray(temperature, dtype=np.float64)
+    ok = np.isfinite(t) & ((t >= 0) if allow_zero else (t > 0))
+    if not np.all(ok):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"temperature must be a finite number {bound}, got {temperature!r}.")
+
+
+def _nan_where_invalid_temperature(per_pixel: jax.Array, temperature: ArrayLike) -> jax.Array:
+    """``per_pixel`` with NaN wherever the temperature is negative, NaN or infinite.
+
+    Under ``jit`` a traced temperature cannot be refused by value, and the clamp in
+    :func:`tempered_log_softmax` would silently turn T < 0 into T → 0 (and T = inf gives inf):
+    NaN makes the loss non-finite, which the trainer reports as a non-finite loss at that step.
+    ``temperature`` broadcasts to ``per_pixel``'s shape (one value per pixel, or a scalar).
+    """
+    t = jax.lax.stop_gradient(jnp.asarray(temperature, dtype=per_pixel.dtype))
+    valid = jnp.isfinite(t) & (t >= 0)
+    return jnp.where(valid, per_pixel, jnp.full((), jnp.nan, per_pixel.dtype))
+
+
+def _check_labels(labels: jax.Array) -> None:
+    """Raises ``ValueError`` (at trace time: the dtype is static) unless ``labels`` has an
+    integer dtype; a float label such as 1.7 would otherwise be truncated to class 1."""
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise ValueError(
+            f"labels must have an integer dtype (class ids, e.g. uint8 or int32), got "
+            f"{labels.dtype}; round or cast them explicitly if they are whole numbers"
+        )
 
 
 def _float_dtype(*arrays: ArrayLike) -> jnp.dtype:
@@ -152,7 +190,8 @@ def valid_label_mask(
     """Boolean mask of the pixels whose label is a real class: ``0 <= label < num_classes``.
 
     Void pixels (``ignore_index``) and any other out-of-range label are False; so are pixels where
-    the optional ``where`` mask is False.
+    the optional ``where`` mask is False. ``labels`` must have an integer dtype (``ValueError``
+    otherwise, at trace time under ``jit``).
 
     Examples:
       >>> import jax.numpy as jnp
@@ -160,7 +199,9 @@ def valid_label_mask(
       >>> print(valid_label_mask(jnp.array([0, 2, 255, 3]), num_classes=3))
       [ True  True False False]
     """
-    labels = jnp.asarray(labels).astype(jnp.int32)
+    labels = jnp.asarray(labels)
+    _check_labels(labels)
+    labels = labels.astype(jnp.int32)
     valid = (labels >= 0) & (labels < num_classes)
     if ignore_index is not None:
         valid = valid & (labels != ignore_index)
@@ -318,7 +359,13 @@ def vtce_loss(
 
     Returns:
       The unreduced loss, shape ``logits.shape[:-1]``. Average it over valid pixels with
-      :func:`masked_mean` (the paper's reduction).
+      :func:`masked_mean` (the paper's reduction). Where a traced temperature is invalid
+      (negative, NaN or ±inf) the loss is NaN (masked pixels still give 0), so a training step
+      stops as non-finite instead of computing T = 0's (or inf's) value.
+
+    Raises:
+      ValueError: a concrete temperature (any entry) that is negative, NaN or ±inf, naming it;
+        logits of different shapes.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -337,12 +384,12 @@ def vtce_loss(
     student_logits = jnp.asarray(student_logits)
     teacher_logits = jax.lax.stop_gradient(jnp.asarray(teacher_logits))
     _check_logits(student_logits, teacher_logits)
-    _check_positive("temperature", temperature, allow_zero=True)
+    _check_temperature(temperature, allow_zero=True)
     _, t_log_qs = tempered_log_softmax(student_logits, temperature=temperature)
     log_qt, _ = tempered_log_softmax(teacher_logits, temperature=temperature)
     qt = jnp.exp(log_qt)  # exactly 0 where log_qt = -inf, so the product below stays finite
     per_pixel = -jnp.sum(qt * t_log_qs, axis=-1)
-    return _apply_where(per_pixel, where)
+    return _apply_where(_nan_where_invalid_temperature(per_pixel, temperature), where)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -369,7 +416,8 @@ def segmentation_cross_entropy(
 
     Args:
       logits: Scores, shape ``[..., num_classes]``.
-      labels: Integer labels (any integer dtype, e.g. uint8), shape ``logits.shape[:-1]``.
+      labels: Integer labels (any integer dtype, e.g. uint8; a float or bool dtype raises
+        ``ValueError``, at trace time under ``jit``), shape ``logits.shape[:-1]``.
       ignore_index: The void label (default 255); None to ignore only out-of-range labels.
       where: Optional boolean mask of shape ``logits.shape[:-1]``; False pixels give 0.
 
@@ -394,6 +442,7 @@ def segmentation_cross_entropy(
     logits = jnp.asarray(logits)
     logits = logits.astype(_float_dtype(logits))
     labels = jnp.asarray(labels)
+    _check_labels(labels)
     if labels.shape != logits.shape[:-1]:
         raise ValueError(
             f"labels shape {labels.shape} must equal logits shape without the class axis "
@@ -443,7 +492,11 @@ def pixelwise_kd_loss(
 
     Returns:
       The unreduced loss, shape ``logits.shape[:-1]``; SKD averages it over pixels
-      (:func:`masked_mean`).
+      (:func:`masked_mean`). NaN where a traced temperature is negative, NaN or ±inf (as
+      :func:`vtce_loss`).
+
+    Raises:
+      ValueError: a concrete temperature that is not a finite number > 0, naming it.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -463,13 +516,13 @@ def pixelwise_kd_loss(
     student_logits = jnp.asarray(student_logits)
     teacher_logits = jax.lax.stop_gradient(jnp.asarray(teacher_logits))
     _check_logits(student_logits, teacher_logits)
-    _check_positive("temperature", temperature)
+    _check_temperature(temperature, allow_zero=False)
     log_ps, _ = tempered_log_softmax(student_logits, temperature=temperature)
     log_pt, _ = tempered_log_softmax(teacher_logits, temperature=temperature)
     pt = jnp.exp(log_pt)
     terms = jnp.where(pt > 0, pt * (log_pt - log_ps), jnp.zeros((), pt.dtype))
     per_pixel = jnp.sum(terms, axis=-1)
-    return _apply_where(per_pixel, where)
+    return _apply_where(_nan_where_invalid_temperature(per_pixel, temperature), where)
 
 
 # ---------------------------------------------------------------------------------------------

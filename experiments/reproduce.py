@@ -32,6 +32,9 @@ Writes, atomically, into ``<workdir>``:
 auto-detected; ``experiments/multihost.py``): every process runs this command as one job on
 shared storage. Process 0 builds the dataset, each run is trained by all processes together, the
 PS-start evaluation is shared out, and process 0 alone writes the results and figures.
+
+Every run's config is checked before anything is built or trained: a bad flag or config value is
+one line (``error: config.<field>: ...``) with exit status 2 (``experiments/cli.py``).
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments import multihost
+from experiments import cli, multihost
 
 FLAGS = flags.FLAGS
 
@@ -252,6 +255,9 @@ def reproduce(
         )
     ]
     started = time.perf_counter()
+    order = protocols.runs_in_order(rows)
+    for run in order:  # every run's config, before the (long) data preparation and training
+        config_lib.validate_config(run_config(config, run, runs_dir))
     data_dir = config_lib.resolve_data_dir(config)
     # Build the dataset first (synthetic_rgbd is generated here; real datasets must be built),
     # on one process of a multi-process job.
@@ -263,7 +269,6 @@ def reproduce(
     )
     data_seconds = time.perf_counter() - started
     results, timing = {}, {}
-    order = protocols.runs_in_order(rows)
     for i, run in enumerate(order, 1):
         print(f"[{i}/{len(order)}] {run.key}: {dict(run.overrides)}", flush=True)
         cfg = run_config(config, run, runs_dir)
@@ -385,4 +390,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -9,8 +9,10 @@ used (``--which=latest`` for the newest). Each image is read as RGB and normalis
 evaluation (``drd_jax.data.transforms.normalize_image``), then run through the run's model at its
 own size. A teacher run (``config.mode == 'teacher'``, depth-aware) needs ``--depth``: one depth
 file per image, same order, comma-separated, each the image's size: a 16-bit PNG in millimetres or
-a ``.npy`` float array (H, W) in metres; 0 = no reading. Other runs are RGB only and refuse
-``--depth``.
+a ``.npy`` float array (H, W) in metres; 0 = no reading. A file whose median valid depth is over
+20 m is refused as not in those units (e.g. a ``.npy`` in millimetres); ``--depth_scale`` (metres
+per stored unit, e.g. 0.001) reads every depth file in the unit it names instead, unchecked.
+Other runs are RGB only and refuse ``--depth``.
 
 Outputs in ``--output_dir`` (created if needed), for each image ``<stem>``:
 
@@ -21,7 +23,8 @@ and ``legend.json``: ``{"checkpoint", "step", "mode", "classes": [{"id", "name",
 
 Faults: every input (images, depth files, their sizes, distinct stems) and the checkpoint are
 checked before anything runs; an error names the file and what was expected, nothing is written,
-and the exit status is 1. Each output file is written atomically (temporary file + rename).
+and the exit status is 1. A bad flag is one line (``error: ...``) with exit status 2
+(``experiments/cli.py``). Each output file is written atomically (temporary file + rename).
 """
 
 from __future__ import annotations
@@ -34,8 +37,10 @@ import sys
 from typing import NamedTuple
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags
 from PIL import Image
+
+from experiments import cli
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Workdir of a training run.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Directory for the outputs.")
@@ -46,9 +51,33 @@ _DEPTH = flags.DEFINE_list(
     "Teacher runs only: comma-separated depth files, one per IMAGE in the same order "
     "(16-bit PNG in millimetres, or .npy float metres).",
 )
+_DEPTH_SCALE = flags.DEFINE_float(
+    "depth_scale",
+    None,
+    "Metres per stored unit of every --depth file (e.g. 0.001 for millimetres, 1 for metres). "
+    "Default: 0.001 for 16-bit PNGs, 1 for .npy, and a median valid depth over 20 m is "
+    "refused as not in metres.",
+)
+flags.register_validator(
+    "depth_scale",
+    lambda v: v is None or 0 < v < float("inf"),
+    message="--depth_scale must be a finite number > 0 (metres per stored unit, e.g. 0.001)",
+)
 flags.mark_flags_as_required(["checkpoint", "output_dir"])
 
 LEGEND_NAME = "legend.json"
+# The largest median valid depth read as plausible metres: indoor RGB-D sensors read up to about
+# 10 m (NYUv2 and SUN RGB-D clamp at 8-10 m); a median over 20 m means another unit (mm, cm).
+MAX_MEDIAN_DEPTH_M = 20.0
+# Units a depth file may be stored in, with metres per unit, for the hint of an implausible file.
+DEPTH_UNITS = {
+    "metres": 1.0,
+    "centimetres": 0.01,
+    "millimetres": 0.001,
+    "tenths of a millimetre": 0.0001,
+}
+TYPICAL_DEPTH_M = 3.0  # a typical indoor median depth, to guess a file's unit
+DEPTH_EXPECTED = "expected a 16-bit PNG in millimetres or a .npy float array (H, W) in metres"
 MAX_CLASSES = 255  # uint8 label PNG and drd_jax.visualize.class_palette
 
 
@@ -77,43 +106,99 @@ def read_image(path: pathlib.Path) -> np.ndarray:
         ) from None
 
 
-def read_depth(path: pathlib.Path) -> np.ndarray:
-    """Depth in metres, float32 (H, W): a 16-bit PNG in millimetres or a ``.npy`` in metres."""
-    expected = "expected a 16-bit PNG in millimetres or a .npy float array (H, W) in metres"
+def _read_depth_units(path: pathlib.Path) -> tuple[np.ndarray, float]:
+    """``(values as stored, float32 (H, W); metres per unit of the format)``: a 16-bit PNG
+    (millimetres, 0.001) or a ``.npy`` float array (metres, 1). ``SegmentError`` naming ``path``
+    otherwise."""
     if not path.is_file():
         what = "not a regular file" if path.exists() else "no such file"
-        raise SegmentError(f"depth {path}: {what} ({expected})")
+        raise SegmentError(f"depth {path}: {what} ({DEPTH_EXPECTED})")
     if path.suffix.lower() == ".npy":
         try:
             depth = np.load(path, allow_pickle=False)
         except (OSError, ValueError, EOFError) as e:
-            raise SegmentError(f"depth {path}: cannot be read as .npy ({e}); {expected}") from None
+            raise SegmentError(
+                f"depth {path}: cannot be read as .npy ({e}); {DEPTH_EXPECTED}"
+            ) from None
         if depth.ndim == 3 and depth.shape[-1] == 1:
             depth = depth[..., 0]
         if depth.ndim != 2 or not np.issubdtype(depth.dtype, np.floating):
             raise SegmentError(
-                f"depth {path}: got a {depth.dtype} array of shape {depth.shape}; {expected}"
+                f"depth {path}: got a {depth.dtype} array of shape {depth.shape}; {DEPTH_EXPECTED}"
             )
         depth = depth.astype(np.float32)
         if not np.isfinite(depth).all() or (depth < 0).any():
             raise SegmentError(
-                f"depth {path}: has NaN/inf or negative values; {expected} (0 = no reading)"
+                f"depth {path}: has NaN/inf or negative values; {DEPTH_EXPECTED} (0 = no reading)"
             )
-        return depth
+        return depth, DEPTH_UNITS["metres"]
     try:
         with Image.open(path) as im:
             im.load()
             mode, fmt = im.mode, im.format
-            mm = np.asarray(im)
+            stored = np.asarray(im)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise SegmentError(f"depth {path}: cannot be read as an image ({e}); {expected}") from None
+        raise SegmentError(
+            f"depth {path}: cannot be read as an image ({e}); {DEPTH_EXPECTED}"
+        ) from None
     if fmt != "PNG" or not mode.startswith("I;16"):
-        raise SegmentError(f"depth {path}: got a {fmt} image of mode {mode}; {expected}")
-    return mm.astype(np.float32) / 1000.0
+        raise SegmentError(f"depth {path}: got a {fmt} image of mode {mode}; {DEPTH_EXPECTED}")
+    return stored.astype(np.float32), DEPTH_UNITS["millimetres"]
 
 
-def load_inputs(images: list[str], depths: list[str] | None) -> list[Input]:
-    """Reads and checks every image (and depth file); one ``SegmentError`` listing all faults."""
+def likely_unit(stored_median: float) -> str:
+    """The :data:`DEPTH_UNITS` name that puts ``stored_median`` (in the file's units) closest
+    to :data:`TYPICAL_DEPTH_M` (in log scale)."""
+    return min(
+        DEPTH_UNITS,
+        key=lambda u: abs(np.log(stored_median * DEPTH_UNITS[u] / TYPICAL_DEPTH_M)),
+    )
+
+
+def check_depth_in_metres(stored: np.ndarray, metres_per_unit: float, path: pathlib.Path) -> None:
+    """``SegmentError`` when the median valid (> 0) depth of ``stored`` (the file's values,
+    (H, W)) times ``metres_per_unit`` is over :data:`MAX_MEDIAN_DEPTH_M`: the file holds another
+    unit than its format's. The message names the likely unit and its ``--depth_scale``."""
+    valid = stored[stored > 0]
+    if valid.size == 0:
+        return  # no reading at all: the teacher falls back to plain convs everywhere
+    median = float(np.median(valid))
+    if median * metres_per_unit > MAX_MEDIAN_DEPTH_M:
+        read_as = next(u for u, m in DEPTH_UNITS.items() if m == metres_per_unit)
+        unit = likely_unit(median)
+        raise SegmentError(
+            f"depth {path}: read as {read_as}, its median valid depth is "
+            f"{median * metres_per_unit:.4g} m, over {MAX_MEDIAN_DEPTH_M:g} m: it looks like "
+            f"{unit}; convert it, or pass --depth_scale={DEPTH_UNITS[unit]:g} (metres per "
+            "stored unit)"
+        )
+
+
+def read_depth(path: pathlib.Path, *, scale: float | None = None) -> np.ndarray:
+    """Depth in metres, float32 (H, W), from a 16-bit PNG or a ``.npy`` file.
+
+    Args:
+      path: the depth file.
+      scale: metres per stored unit (``--depth_scale``). None: the format's unit (PNG
+        millimetres, ``.npy`` metres), and a median valid depth over :data:`MAX_MEDIAN_DEPTH_M`
+        is refused as another unit (e.g. a ``.npy`` in millimetres).
+
+    Raises:
+      SegmentError: naming ``path``: unreadable, not one of the two formats, NaN/negative
+        values, or (without ``scale``) an implausible unit.
+    """
+    stored, metres_per_unit = _read_depth_units(path)
+    if scale is None:
+        check_depth_in_metres(stored, metres_per_unit, path)
+        scale = metres_per_unit
+    return stored * np.float32(scale)
+
+
+def load_inputs(
+    images: list[str], depths: list[str] | None, *, depth_scale: float | None = None
+) -> list[Input]:
+    """Reads and checks every image (and depth file, ``depth_scale`` as :func:`read_depth`);
+    one ``SegmentError`` listing all faults."""
     errors: list[str] = []
     if depths is not None and len(depths) != len(images):
         raise SegmentError(
@@ -141,7 +226,7 @@ def load_inputs(images: list[str], depths: list[str] | None) -> list[Input]:
         if depths is not None:
             dpath = pathlib.Path(depths[i])
             try:
-                depth = read_depth(dpath)
+                depth = read_depth(dpath, scale=depth_scale)
             except SegmentError as e:
                 errors.append(str(e))
             if depth is not None and image is not None and depth.shape != image.shape[:2]:
@@ -203,11 +288,16 @@ def segment(
     *,
     depths: list[str] | None = None,
     which: str = "best",
+    depth_scale: float | None = None,
 ) -> list[pathlib.Path]:
     """The whole command; returns the written paths. Raises ``SegmentError`` for user faults."""
     if not images:
         raise SegmentError("no images given: pass one or more image files after the flags")
-    inputs = load_inputs(images, depths)
+    if depth_scale is not None and depths is None:
+        raise SegmentError("--depth_scale applies to --depth files: give --depth, or drop it")
+    if depth_scale is not None and not (0 < depth_scale < float("inf")):
+        raise SegmentError(f"--depth_scale must be a finite number > 0, got {depth_scale}")
+    inputs = load_inputs(images, depths, depth_scale=depth_scale)
     out_dir = pathlib.Path(output_dir).expanduser()
     if out_dir.exists() and not out_dir.is_dir():
         raise SegmentError(f"--output_dir {out_dir}: exists and is not a directory")
@@ -272,11 +362,14 @@ def segment(
 
 
 def main(argv):
-    if not flags.FLAGS["verbosity"].present:  # orbax logs every restore at INFO
-        logging.set_verbosity(logging.WARNING)
     try:
         written = segment(
-            _CHECKPOINT.value, _OUTPUT_DIR.value, argv[1:], depths=_DEPTH.value, which=_WHICH.value
+            _CHECKPOINT.value,
+            _OUTPUT_DIR.value,
+            argv[1:],
+            depths=_DEPTH.value,
+            which=_WHICH.value,
+            depth_scale=_DEPTH_SCALE.value,
         )
     except SegmentError as e:
         for line in str(e).splitlines():
@@ -287,4 +380,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, config_flags=())

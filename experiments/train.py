@@ -10,6 +10,10 @@ config and workdir resumes from the latest checkpoint. ``--multihost`` calls
 ``jax.distributed.initialize()`` first (one process per host), with ``--coordinator_address``,
 ``--num_processes`` and ``--process_id`` or auto-detected coordinates
 (``experiments/multihost.py``).
+
+A bad flag or config value stops the command before anything is written, with one line
+(``error: config.<field>: ...``) and exit status 2; ``--verbosity=1`` shows the full log
+(library INFO included) and tracebacks (``experiments/cli.py``).
 """
 
 import json
@@ -17,7 +21,7 @@ import json
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments import multihost
+from experiments import cli, multihost
 
 FLAGS = flags.FLAGS
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run (checkpoints, logs).")
@@ -35,7 +39,10 @@ def main(argv):
         raise app.UsageError(str(e)) from e
     import jax
 
+    from drd_jax.config import validate_config
     from drd_jax.train import train_and_evaluate
+
+    validate_config(FLAGS.config)  # a bad value is one line (cli), before anything is logged
 
     logging.info(
         "JAX devices: %s (process %d of %d)",
@@ -60,4 +67,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -562,3 +562,48 @@ def test_fast_strategy_choice_and_dw_from_patches_matches_reference():
 
     for got, want, name in zip(vjp("fast"), vjp("reference"), ("y", "dx", "dW"), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4, err_msg=name)
+
+
+# ------------------------------------------------------------------------------------------------
+# Zero-size batches and channels (issue 16)
+# ------------------------------------------------------------------------------------------------
+
+EMPTY_CASES = {
+    # name: (x shape, kernel shape)
+    "no_images": ((0, 8, 10, 4), (3, 3, 4, 5)),
+    "no_input_channels": ((2, 8, 10, 0), (3, 3, 0, 5)),
+    "no_output_channels": ((2, 8, 10, 4), (3, 3, 4, 0)),
+    "no_images_no_channels": ((0, 8, 10, 0), (3, 3, 0, 5)),
+}
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+@pytest.mark.parametrize("case", sorted(EMPTY_CASES))
+def test_zero_size_batch_and_channels_follow_lax(case, impl):
+    """lax.conv's shapes (and zeros for Cin = 0), forward and gradient, every implementation."""
+    x_shape, k_shape = EMPTY_CASES[case]
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=x_shape).astype(np.float32)
+    kernel = rng.normal(size=k_shape).astype(np.float32)
+    depth = make_depth(rng, x_shape[0], x_shape[1], x_shape[2], invalid=True)
+    options = dict(strides=(2, 1), padding="SAME", dilation=(1, 2))
+
+    def ours(a, w):
+        return depth_aware_conv(a, depth, w, implementation=impl, **options)
+
+    def theirs(a, w):
+        return plain_conv(a, w, options["strides"], "SAME", options["dilation"])
+
+    y = ours(x, kernel)
+    assert y.shape == theirs(x, kernel).shape and y.dtype == x.dtype
+    np.testing.assert_array_equal(y, np.zeros(y.shape, np.float32))
+    grads = jax.jit(jax.grad(lambda a, w: ours(a, w).sum(), argnums=(0, 1)))(x, kernel)
+    want = jax.grad(lambda a, w: theirs(a, w).sum(), argnums=(0, 1))(x, kernel)
+    for got, expected in zip(grads, want, strict=True):
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, atol=0)
+
+
+def test_zero_size_batch_of_the_issue():
+    y = depth_aware_conv(jnp.zeros((0, 8, 10, 4)), jnp.ones((0, 8, 10)), jnp.zeros((3, 3, 4, 5)))
+    assert y.shape == (0, 8, 10, 5)

@@ -592,3 +592,59 @@ def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Invalid temperatures and float labels are never silent (issue 16)
+# ---------------------------------------------------------------------------------------------
+
+BAD_TEMPERATURES = (-1.0, -1e-30, math.inf, -math.inf, math.nan)
+
+
+@pytest.mark.parametrize("t", BAD_TEMPERATURES)
+@pytest.mark.parametrize("loss", [vtce_loss, pixelwise_kd_loss], ids=["vtce", "kd"])
+def test_an_invalid_concrete_temperature_raises_naming_it(loss, t):
+    z = jnp.zeros((2, 3))
+    with pytest.raises(ValueError, match=r"temperature must be a finite number"):
+        loss(z, z, temperature=t)
+    with pytest.raises(ValueError, match="temperature"):
+        loss(z, z, temperature=jnp.array([1.0, t]))  # one bad entry of a per-pixel array
+
+
+@pytest.mark.parametrize("loss", [_vtce, _kd], ids=["vtce", "kd"])
+def test_an_invalid_traced_temperature_gives_nan_where_it_applies(loss):
+    """Under jit the values are unknown: NaN (not T = 0's or inf's number) on every valid pixel."""
+    zs = _random_logits(60, (5, 4))
+    zt = _random_logits(61, (5, 4))
+    for t in BAD_TEMPERATURES:
+        assert np.all(np.isnan(np.asarray(loss(zs, zt, temperature=t)))), t
+        mean = jax.jit(lambda s, t: masked_mean(loss(s, zt, temperature=t)))(zs, t)
+        assert math.isnan(float(mean)), t  # what the trainer's finiteness check sees
+    per_pixel_t = np.array([0.5, -1.0, 0.5, math.inf, 0.5], np.float32)
+    got = np.asarray(loss(zs, zt, temperature=per_pixel_t))
+    assert np.isnan(got[[1, 3]]).all() and np.isfinite(got[[0, 2, 4]]).all()
+    np.testing.assert_allclose(got[0], np.asarray(loss(zs, zt, temperature=0.5))[0], rtol=1e-6)
+    masked = np.asarray(loss(zs, zt, temperature=-1.0, where=np.zeros(5, bool)))
+    np.testing.assert_array_equal(masked, np.zeros(5))  # masked pixels stay 0
+
+
+def test_vtce_valid_tiny_and_underflowed_temperatures_are_not_invalid():
+    zs = _random_logits(62, (4, 6), scale=100.0)
+    zt = _random_logits(63, (4, 6), scale=100.0)
+    for t in (1e-36, 3e-40, 0.0, jnp.float32(0.0)):
+        assert np.isfinite(np.asarray(vtce_loss(zs, zt, temperature=t))).all(), t
+        assert np.isfinite(np.asarray(_vtce(zs, zt, temperature=t))).all(), t
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, jnp.bfloat16, bool])
+def test_labels_of_a_non_integer_dtype_are_refused_at_trace_time(dtype):
+    logits = np.zeros((2, 3), np.float32)
+    labels = np.array([1.7, 0.0]).astype(dtype)
+    for fn in (
+        lambda y: segmentation_cross_entropy(logits, y),
+        lambda y: valid_label_mask(y, num_classes=3),
+    ):
+        with pytest.raises(ValueError, match=r"labels must have an integer dtype.*got"):
+            fn(labels)
+        with pytest.raises(ValueError, match=r"labels must have an integer dtype"):
+            jax.jit(fn)(labels)

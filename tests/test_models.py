@@ -160,3 +160,30 @@ def test_bad_inputs_are_rejected(tiny_teacher_variables):
         DeepLabVGG16(depth_aware=True, depth_pool_method="max", **TINY).apply(
             tiny_teacher_variables, image, depth
         )
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(depth_aware=True),
+        dict(depth_aware=True, pool5a=True, depth_aware_pooling=True, depth_pool_method="nearest"),
+        dict(depth_aware=False),
+    ],
+    ids=["teacher", "teacher_pool5a", "student"],
+)
+def test_empty_batch_gives_empty_logits_and_zero_gradients(tiny_teacher_variables, options):
+    """N = 0 (issue 16): logits (0, H, W, K) and zero gradients of the param tree's shapes."""
+    image, depth = _batch(n=0)
+    model = DeepLabVGG16(**options, **TINY)
+    sizes = jnp.zeros((0, 2), jnp.int32)
+    for image_size in (None, sizes):
+        logits = model.apply(tiny_teacher_variables, image, depth, image_size=image_size)
+        assert logits.shape == (0, 32, 40, NUM_CLASSES)
+
+    def loss(params):
+        rngs = {"dropout": jax.random.PRNGKey(1)}
+        return model.apply({"params": params}, image, depth, train=True, rngs=rngs).sum()
+
+    grads = jax.jit(jax.grad(loss))(tiny_teacher_variables["params"])
+    for g, p in zip(jax.tree.leaves(grads), jax.tree.leaves(tiny_teacher_variables), strict=True):
+        assert g.shape == p.shape and not bool(jnp.any(g))

@@ -256,3 +256,73 @@ def test_teacher_segments_with_depth(teacher_run, images, depth_files, tmp_path)
         # The check can tell: with a constant depth map the teacher predicts other classes.
         flat = reference_logits(teacher_run, image, np.full_like(depth, 3.0))
         assert (flat.argmax(-1) != logits.argmax(-1)).mean() > 0.05
+
+
+# ------------------------------------------------------------------------------------------------
+# Depth units (issue 16): a .npy in millimetres is refused, --depth_scale names the unit
+# ------------------------------------------------------------------------------------------------
+
+
+def _depth_file(path, values):
+    """``values`` (H, W) written as .npy (floats) or 16-bit PNG (uint16), by suffix."""
+    if path.suffix == ".npy":
+        np.save(path, np.asarray(values, np.float32))
+    else:
+        Image.fromarray(np.asarray(values, np.uint16)).save(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "name, values, unit",
+    [
+        ("mm.npy", np.full((6, 7), 2500.0), "millimetres"),  # a .npy in millimetres
+        ("cm.npy", np.full((6, 7), 250.0), "centimetres"),
+        ("tenth_mm.png", np.full((6, 7), 25000), "tenths of a millimetre"),  # a PNG in 0.1 mm
+    ],
+)
+def test_read_depth_refuses_an_implausible_unit_naming_it(tmp_path, name, values, unit):
+    from experiments.segment import SegmentError, read_depth
+
+    path = _depth_file(tmp_path / name, values)
+    with pytest.raises(SegmentError, match=rf"depth {path}: .*looks like {unit}.*--depth_scale"):
+        read_depth(path)
+
+
+def test_read_depth_scale_and_plausible_files(tmp_path):
+    from experiments.segment import read_depth
+
+    rng = np.random.default_rng(3)
+    mm = rng.integers(500, 5000, (6, 7)).astype(np.float32)
+    mm[0, 0] = 0.0  # no reading stays 0
+    npy = _depth_file(tmp_path / "mm.npy", mm)
+    np.testing.assert_allclose(read_depth(npy, scale=0.001), mm / 1000.0, rtol=1e-6)
+    png = _depth_file(tmp_path / "mm.png", mm)
+    np.testing.assert_allclose(read_depth(png), mm / 1000.0, rtol=1e-6)  # PNG: millimetres
+    np.testing.assert_allclose(read_depth(png, scale=0.0001), mm / 10000.0, rtol=1e-6)
+    metres = _depth_file(tmp_path / "m.npy", mm / 1000.0)
+    np.testing.assert_allclose(read_depth(metres), mm / 1000.0, rtol=1e-6)
+    far = _depth_file(tmp_path / "far.npy", np.full((6, 7), 19.0))  # under 20 m: accepted
+    assert read_depth(far).max() == np.float32(19.0)
+    empty = _depth_file(tmp_path / "empty.npy", np.zeros((6, 7)))  # no reading at all
+    assert not read_depth(empty).any()
+
+
+def test_teacher_refuses_millimetre_npy_and_takes_depth_scale(
+    teacher_run, images, depth_files, tmp_path
+):
+    png, npy, depth0, depth1 = depth_files
+    mm = tmp_path / "second_depth_mm.npy"
+    np.save(mm, depth1 * 1000.0)  # the same depth in millimetres
+    out = tmp_path / "out"
+    args = [f"--checkpoint={teacher_run}", f"--output_dir={out}"]
+    proc = run_segment(*args, f"--depth={png},{mm}", *images)
+    assert proc.returncode == 1
+    assert_failed_naming(proc, mm, "millimetres", "--depth_scale=0.001")
+    assert not out.exists()
+    proc = run_segment(*args, f"--depth={npy},{npy}", "--depth_scale=-1", images[1], images[1])
+    assert proc.returncode == 2 and proc.stderr.startswith("error: flag --depth_scale=-1")
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    proc = run_segment(*args, f"--depth={mm}", "--depth_scale=0.001", images[1])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    labels = read_png(out / f"{images[1].stem}_labels.png")
+    assert_matches_reference(labels, reference_logits(teacher_run, images[1], depth1))

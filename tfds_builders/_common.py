@@ -1,5 +1,8 @@
-"""Helpers shared by the NYUv2 and SUN RGB-D builders.
+"""Helpers shared by the builders (NYUv2 and SUN RGB-D; the first section by every builder).
 
+* :class:`BuilderChecks`, the mixin of every builder: an unknown config name is refused with the
+  builder's configs listed (:func:`check_config_name`), and preparing a dataset logs one line
+  instead of TFDS's "Downloading and preparing dataset Unknown size" (nothing is downloaded).
 * Errors that say what went wrong and where: :class:`MissingFilesError` lists every missing
   manual-download file with the places searched and where to get it; :class:`InvalidFileError`
   names the unreadable / truncated / wrong file; :class:`InvalidFrameError` names the frame.
@@ -30,6 +33,7 @@ from typing import Any
 import h5py
 import numpy as np
 import scipy.io
+from absl import logging
 
 PathLike = str | os.PathLike
 
@@ -52,6 +56,68 @@ class InvalidFileError(DataPreparationError, ValueError):
 
 class InvalidFrameError(DataPreparationError, ValueError):
     """One frame of an otherwise readable download is inconsistent (sizes, label values)."""
+
+
+class UnknownConfigError(ValueError):
+    """A builder config name that the builder does not have; the message lists the ones it has."""
+
+
+# --------------------------------------------------------------------------------------------
+# Every builder.
+
+
+def config_names(builder_cls) -> list[str]:
+    """The names of ``builder_cls.BUILDER_CONFIGS``, in their order."""
+    return [c.name for c in builder_cls.BUILDER_CONFIGS]
+
+
+def check_config_name(builder_cls, config) -> None:
+    """Raises :class:`UnknownConfigError` unless ``config`` names one of the builder's configs.
+
+    Args:
+      builder_cls: a TFDS builder class with ``BUILDER_CONFIGS``.
+      config: a config name (``'tiny'``, or ``'tiny:2.0.0'`` with a version), None (the default
+        config) or a ``tfds.core.BuilderConfig`` (left to TFDS).
+    """
+    if not isinstance(config, str):
+        return
+    name = config.partition(":")[0]
+    names = config_names(builder_cls)
+    if name not in names:
+        default = getattr(builder_cls, "DEFAULT_CONFIG_NAME", None) or names[0]
+        dataset = builder_cls.name
+        raise UnknownConfigError(
+            f"{dataset}/{name}: no such config; the configs of {dataset} are "
+            f"{', '.join(names)} ({dataset} alone means {dataset}/{default})"
+        )
+
+
+class BuilderChecks:
+    """Mixin of every builder, before ``tfds.core.GeneratorBasedBuilder`` in the bases.
+
+    * An unknown ``config`` name raises :class:`UnknownConfigError` listing the builder's configs
+      (TFDS says "closely match:" followed by nothing when no name is close).
+    * Preparing logs one INFO line before and one after, in place of TFDS's two bold lines on
+      stdout ("Downloading and preparing dataset Unknown size ..."): these datasets download
+      nothing, they are generated or built from manual downloads.
+    """
+
+    def __init__(self, *, config=None, **kwargs):
+        check_config_name(type(self), config)
+        super().__init__(config=config, **kwargs)
+
+    def _dataset_label(self) -> str:
+        return f"{self.name}/{self.builder_config.name} {self.version}"
+
+    def _log_download_bytes(self) -> None:  # TFDS: before preparing
+        logging.info(
+            "%s: preparing the dataset in %s (once; later runs reuse it)",
+            self._dataset_label(),
+            self.data_dir,
+        )
+
+    def _log_download_done(self) -> None:  # TFDS: after preparing
+        logging.info("%s: prepared in %s", self._dataset_label(), self.data_dir)
 
 
 # --------------------------------------------------------------------------------------------

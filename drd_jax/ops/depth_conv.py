@@ -581,6 +581,24 @@ def _validate(x, depth, kernel):
     return depth
 
 
+def _is_empty(x_shape, kernel_shape, out_hw) -> bool:
+    """True when there is nothing to compute: no images, no output pixels, or Cin or Cout 0.
+
+    Args:
+      x_shape: ``(N, H, W, Cin)``; kernel_shape: ``(kh, kw, Cin, Cout)``; out_hw: ``(H', W')``.
+    """
+    return 0 in (x_shape[0], x_shape[3], kernel_shape[3], *out_hw)
+
+
+def _empty_conv(x, kernel, out_hw):
+    """The ``(N, H', W', Cout)`` zeros that ``lax.conv_general_dilated`` gives on empty input.
+
+    An empty sum is 0 (Cin = 0), and an empty array holds nothing (N, H', W' or Cout = 0). A
+    constant: its derivatives in ``x`` and ``kernel`` are zeros of their shapes.
+    """
+    return jnp.zeros((x.shape[0], *out_hw, kernel.shape[-1]), x.dtype)
+
+
 def depth_aware_conv(
     x,
     depth,
@@ -644,7 +662,8 @@ def depth_aware_conv(
 
     Returns:
       ``(N, H', W', Cout)`` in ``x``'s dtype. ``H`` is computed in float32 and the contractions
-      accumulate in float32. No gradient flows into ``depth``.
+      accumulate in float32. No gradient flows into ``depth``. Zero-size input (``N``, ``Cin`` or
+      ``Cout`` 0, or an empty ``H' × W'``) gives zeros of that shape, as ``lax`` does.
 
     Raises:
       ValueError: wrong ranks, mismatched ``N/H/W`` between ``x`` and ``depth``, ``Cin`` mismatch,
@@ -659,8 +678,8 @@ def depth_aware_conv(
     geometry = window_geometry(
         x.shape[1:3], kernel.shape[:2], strides=strides, padding=padding, dilation=dilation
     )
-    if 0 in geometry[4]:  # an empty output, as lax gives when the window exceeds the input
-        return jnp.zeros((x.shape[0], *geometry[4], kernel.shape[-1]), x.dtype)
+    if _is_empty(x.shape, kernel.shape, geometry[4]):
+        return _empty_conv(x, kernel, geometry[4])
     return _depth_aware_conv_jit(
         x,
         depth,

@@ -377,7 +377,7 @@ def check_raw_labels(label: np.ndarray, *, where: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(_common.BuilderChecks, tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for the NYU Depth V2 labeled frames."""
 
     VERSION = tfds.core.Version("1.0.0")

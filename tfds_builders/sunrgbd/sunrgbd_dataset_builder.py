@@ -419,7 +419,7 @@ def _decode_depth_png(data: bytes, *, where: str) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(_common.BuilderChecks, tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for SUN RGB-D, 37 classes, official 5285 / 5050 split."""
 
     VERSION = tfds.core.Version("1.0.0")

@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from tfds_builders import _common
 from tfds_builders.features import rgbd_segmentation_features
 from tfds_builders.synthetic_rgbd import scenes
 
@@ -81,7 +82,7 @@ CALIBRATION_VARIANTS: dict[str, dict[str, Any]] = {
 CALIBRATED = CALIBRATION_VARIANTS["calib_f"]
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(_common.BuilderChecks, tfds.core.GeneratorBasedBuilder):
     """Procedural RGB-D scenes: wall, floor and objects at distinct depths (README.md)."""
 
     VERSION = tfds.core.Version("2.0.0")

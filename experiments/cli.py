@@ -1,0 +1,322 @@
+"""What the entry points (``train``, ``reproduce``, ``segment``) share on the command line.
+
+``cli.run(main)`` replaces ``app.run(main)``:
+
+* **User errors take one line.** A bad flag, an unknown ``--config.<field>`` (with the close
+  names), a config file that does not load, a config value the checks refuse
+  (``config.<field>: ...``), a missing workdir or checkpoint: ``error: <message>`` on stderr and
+  exit status 2 (:data:`USAGE_EXIT`); messages written on several lines on purpose (missing
+  manual downloads and where to get them) keep them, without a traceback. Real bugs keep their
+  traceback; so does every error with ``--verbosity=1`` (``-v 1``).
+* **A quiet default log.** Our own INFO lines (progress, results) and every library's warnings
+  are shown; library INFO (orbax, TFDS, JAX's platform probing), TFDS's progress bars in a
+  non-TTY log and known harmless warnings (:data:`NOISE`) are not. ``--verbosity=1`` shows
+  everything.
+
+A user error is an exception of :data:`USER_ERROR_TYPES` raised by one of
+:data:`CHECKING_MODULES`, the code that checks what the user gave (configs, flags, workdirs,
+datasets, weight files), an ``app.UsageError``, or any exception whose class says so with
+``user_error = True`` (optionally ``exit_status = <int>``, default 2; e.g. a workdir held by
+another run, a full disk). The same ``ValueError`` raised deeper (in the ops, the model, JAX) is a
+bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging as std_logging
+import pathlib
+import re
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+
+from absl import app, flags
+from absl import logging as absl_logging
+
+__all__ = [
+    "CHECKING_MODULES",
+    "NOISE",
+    "USAGE_EXIT",
+    "USER_ERROR_TYPES",
+    "fail",
+    "is_user_error",
+    "parse_flags",
+    "quiet_logs",
+    "run",
+    "unknown_override",
+    "verbose",
+]
+
+USAGE_EXIT = 2  # as argparse (and tfds_builders.build) exit on a usage error
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+OUR_PACKAGES = tuple(str(ROOT / name) + "/" for name in ("drd_jax", "experiments", "tfds_builders"))
+USER_ERROR_TYPES = (
+    ValueError,
+    FileNotFoundError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+)
+# Repository paths (files, or folders ending in '/') whose raised USER_ERROR_TYPES are user errors.
+CHECKING_MODULES = (
+    "drd_jax/config.py",
+    "drd_jax/checkpointing.py",
+    "drd_jax/runs.py",
+    "drd_jax/train.py",
+    "drd_jax/input_pipeline.py",
+    "drd_jax/pretrained.py",
+    "drd_jax/parallel.py",
+    "drd_jax/data/",
+    "experiments/",
+    "tfds_builders/",
+)
+# Library messages that say nothing a user can act on (regular expressions, matched at the start).
+NOISE = (
+    r"OpenCV is not installed",  # TFDS decodes images with PIL instead: correct, and fast enough
+)
+
+
+def fail(message: str, code: int = USAGE_EXIT):
+    """Prints ``error: <message>`` on stderr and exits with ``code``.
+
+    Config and flag errors are one line; a message written on several lines on purpose (e.g. a
+    builder's list of missing downloads and where to get them) keeps its lines.
+    """
+    print(f"error: {str(message).strip()}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _one_line(text: str) -> str:
+    """``text`` with its non-empty lines joined by ``'; '``."""
+    return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def verbose() -> bool:
+    """True with ``--verbosity=1`` or more (``-v 1``): full logs and tracebacks."""
+    f = flags.FLAGS
+    return f.is_parsed() and "verbosity" in f and f.verbosity >= 1
+
+
+# ------------------------------------------------------------------------------------------------
+# Flags
+# ------------------------------------------------------------------------------------------------
+
+
+def _override_paths(argv: Sequence[str], config_flag: str) -> list[tuple[str, str]]:
+    """``(argument, dotted path)`` of every ``--<config_flag>.<path>[=value]`` in ``argv``."""
+    found = []
+    prefix = config_flag + "."
+    for arg in argv[1:]:
+        if arg == "--":
+            break
+        name = arg.lstrip("-").partition("=")[0]
+        if arg.startswith("-") and name.startswith(prefix):
+            found.append((arg.partition("=")[0], name[len(prefix) :]))
+    return found
+
+
+def _fields(node) -> list[str] | None:
+    """The field names of a config node, or None when it is a value (no fields)."""
+    keys = getattr(node, "keys", None)
+    return [str(k) for k in keys()] if callable(keys) else None
+
+
+def _close_names(name: str, names: Sequence[str], n: int = 3) -> list[str]:
+    """Up to ``n`` of ``names`` like ``name``: difflib's close matches, then those containing it."""
+    close = difflib.get_close_matches(name, names, n=n, cutoff=0.6)
+    close += [m for m in names if name.lower() in m.lower() and m not in close]
+    return close[:n]
+
+
+def _or(items: Sequence[str]) -> str:
+    """``'a'``, ``'a or b'``, ``'a, b or c'``."""
+    return " or ".join([", ".join(items[:-1]), items[-1]] if len(items) > 1 else items)
+
+
+def unknown_override(config, config_flag: str, path: str) -> str | None:
+    """Why ``--<config_flag>.<path>`` names no field of ``config`` (None: it names one).
+
+    Args:
+      config: the loaded ``ConfigDict`` (or a mapping).
+      config_flag: the flag's name, e.g. ``'config'``.
+      path: the dotted field path after ``<config_flag>.``, e.g. ``'learning_rate'``.
+
+    Returns:
+      A one-line message saying which part is missing, with the close names as flags, or None.
+    """
+    node, walked = config, config_flag
+    for part in re.sub(r"\[[^\]]*\]", "", path).split("."):
+        names = _fields(node)
+        if names is None:
+            return f"--{walked} is a {type(node).__name__}, it has no field {part!r}"
+        if part not in names:
+            close = [f"--{walked}.{c}" for c in _close_names(part, names)]
+            if not close:
+                return f"no config field {part!r} (none of the {len(names)} fields is close)"
+            return f"no config field {part!r}; did you mean {_or(close)}?"
+        node, walked = node[part], f"{walked}.{part}"
+    return None
+
+
+def _loaded_config(name: str):
+    """The value of config flag ``name``; ``OSError`` if its file did not load."""
+    value = flags.FLAGS[name].value
+    _fields(value)  # ml_collections defers a load failure to the first access
+    return value
+
+
+def _config_given(argv: Sequence[str], name: str):
+    """The config that ``--<name>=<file>[:<arg>]`` in ``argv`` loads (None when not given).
+
+    ml_collections applies the overrides while it parses that flag, so when one fails the flag
+    has no value yet: its parser loads the file again.
+    """
+    for i, arg in enumerate(argv[1:], 1):
+        match = re.match(rf"^--?{re.escape(name)}(=|$)", arg)
+        if match:
+            value = arg[match.end() :] if match.group(1) else next(iter(argv[i + 1 : i + 2]), None)
+            return None if value is None else flags.FLAGS[name].parser.parse(value)
+    return None
+
+
+def _explain_override_error(argv, config_flags: Sequence[str]) -> str | None:
+    """The message of the first ``--config.<path>`` naming no field, or None."""
+    for name in config_flags:
+        try:
+            config = _config_given(argv, name)
+        except Exception:  # noqa: BLE001 - the file does not load: not the override's fault
+            continue
+        if _fields(config) is None:
+            continue
+        for arg, path in _override_paths(argv, name):
+            reason = unknown_override(config, name, path)
+            if reason is not None:
+                return f"{arg}: {reason}"
+    return None
+
+
+def _flags_error_message(error: flags.Error) -> str:
+    """absl's message in one line; a config file's traceback is cut to its last line."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    if any(line.lstrip().startswith("Traceback") for line in lines):
+        return f"{lines[0].rstrip(':')}: {lines[-1].strip()}"
+    return _one_line(str(error))
+
+
+def parse_flags(argv: Sequence[str], *, config_flags: Sequence[str] = ("config",)) -> list[str]:
+    """``FLAGS(argv)`` for ``app.run``: a flag error is one line and exit status 2.
+
+    Also loads every config flag in ``config_flags`` now, so a config file that does not exist
+    (which ml_collections reports only at first use) is a flag error too.
+
+    Returns:
+      The arguments that are not flags (``argv[0]`` first), as ``absl.flags`` returns them.
+    """
+    try:
+        args = flags.FLAGS(list(argv))
+    except flags.Error as e:
+        fail(_flags_error_message(e))
+    except (AttributeError, KeyError, ValueError, TypeError):
+        # An override ml_collections cannot apply; say which field it names, if it is that.
+        reason = _explain_override_error(argv, config_flags)
+        if reason is None:
+            raise
+        fail(reason)
+    for name in config_flags:
+        try:
+            _loaded_config(name)
+        except OSError as e:
+            given = flags.FLAGS[name].serialize()
+            fail(f"{given}: the config file did not load ({_last_line(e)})")
+    return args
+
+
+def _last_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+# ------------------------------------------------------------------------------------------------
+# Errors
+# ------------------------------------------------------------------------------------------------
+
+
+def _raised_in(error: BaseException) -> str | None:
+    """The repository-relative path of the file that raised ``error`` (None: outside it)."""
+    tb = error.__traceback__
+    if tb is None:
+        return None
+    filename = pathlib.Path(traceback.extract_tb(tb)[-1].filename).resolve()
+    try:
+        return filename.relative_to(ROOT).as_posix()
+    except ValueError:
+        return None
+
+
+def is_user_error(error: BaseException) -> bool:
+    """True for a fault in what the user gave (see the module docstring), not a bug."""
+    if isinstance(error, app.UsageError) or getattr(error, "user_error", False) is True:
+        return True
+    if not isinstance(error, USER_ERROR_TYPES):
+        return False
+    where = _raised_in(error)
+    return where is not None and any(
+        where == m or (m.endswith("/") and where.startswith(m)) for m in CHECKING_MODULES
+    )
+
+
+def _guarded(main: Callable):
+    """``main`` with user errors reported in one line (exit status 2) unless verbose."""
+
+    def guarded(argv):
+        if not verbose():
+            quiet_logs()
+        try:
+            return main(argv)
+        except Exception as e:  # noqa: BLE001 - re-raised unless a user error
+            if verbose() or not is_user_error(e):
+                raise
+            fail(str(e), int(getattr(e, "exit_status", USAGE_EXIT)))
+
+    return guarded
+
+
+def run(main: Callable, *, config_flags: Sequence[str] = ("config",)) -> None:
+    """``app.run(main)`` with :func:`parse_flags`, the quiet log and one-line user errors."""
+    app.run(_guarded(main), flags_parser=lambda argv: parse_flags(argv, config_flags=config_flags))
+
+
+# ------------------------------------------------------------------------------------------------
+# Logs
+# ------------------------------------------------------------------------------------------------
+
+
+class _QuietFilter(std_logging.Filter):
+    """Keeps our own records, and other records at WARNING or above that are not :data:`NOISE`."""
+
+    def __init__(self):
+        super().__init__("drd_jax.quiet")
+        self._noise = re.compile("|".join(f"(?:{n})" for n in NOISE))
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        if str(record.pathname).startswith(OUR_PACKAGES):
+            return True
+        if record.levelno < std_logging.WARNING:
+            return False
+        return not self._noise.match(str(record.getMessage()))
+
+
+def quiet_logs() -> None:
+    """The default log: our INFO and library warnings only (idempotent; see the docstring).
+
+    Filters absl's handler (every logger reaches it through the root logger), and turns TFDS's
+    progress bars off when stderr is not a terminal (they would write ``\\r`` frames into a log).
+    """
+    handler = absl_logging.get_absl_handler()
+    if not any(isinstance(f, _QuietFilter) for f in handler.filters):
+        handler.addFilter(_QuietFilter())
+    if not sys.stderr.isatty():
+        import tensorflow_datasets as tfds
+
+        tfds.display_progress_bar(False)
