@@ -43,7 +43,26 @@ Guarantees and decisions:
 * **Config check.** The first run writes ``config.json`` with the fingerprint of its config. Opening
   the workdir with a different fingerprint raises ``ValueError`` naming the workdir; every
   checkpoint also records the fingerprint, checked again on restore.
+* **Config of a workdir without checkpoints.** A workdir whose ``config.json`` names another
+  config but that holds no checkpoint (no step was trained, e.g. a start refused by a later
+  check) takes the new config: ``config.json`` is rewritten, with a warning.
 * **Restore without a checkpoint raises** ``FileNotFoundError`` (check :meth:`latest_step` first).
+* **Damaged checkpoints.** A checkpoint that cannot be read (a truncated or lost file) raises
+  :class:`UnreadableCheckpointError`, one line naming its directory and what to do. A writer
+  resuming with ``restore(fall_back=True)`` instead restores the newest readable checkpoint and
+  moves each newer unreadable one to ``<workdir>/damaged_checkpoints/<step>`` (never deleted),
+  with a warning naming both places. If no checkpoint can be read (e.g. a state of another
+  shape), nothing is moved and it raises.
+* **Disk full.** A save that runs out of space raises :class:`~drd_jax.files.DiskFullError`
+  once, naming the checkpoint directory, the space free there and the space the checkpoints
+  need; orbax's own tracebacks of it are not logged. A rerun resumes from the newest complete
+  checkpoint (the half-written one is an orbax tmp directory, cleaned up on open).
+* **Quiet orbax.** From the first ``Checkpointer`` of a process on, orbax's INFO lines (several
+  per save, with option dumps) and its ``Requested `tracked_metric`; did not provide metrics``
+  warning on saves without metrics (by design here: see "Which checkpoints are kept") are not
+  logged; absl ``--verbosity=1`` (``absl.logging.set_verbosity(1)``) shows them all again.
+  Orbax's warnings and errors stay, except its tracebacks of a full disk and TensorStore's
+  ``RuntimeError: Event loop is closed`` after a failed save (see :func:`_quiet_orbax`).
 * A non-finite ``best_metric`` value (NaN/inf) does not raise: that checkpoint is saved without
   metrics (it cannot become "best") and a warning is logged. Other non-finite metric values are
   stored as JSON ``null``.
@@ -58,7 +77,11 @@ import logging
 import math
 import os
 import pathlib
-from collections.abc import Iterable, Mapping
+import shutil
+import sys
+import threading
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -66,14 +89,153 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 
-from drd_jax.files import atomic_write_text
+from drd_jax.files import atomic_write_text, disk_full_error, format_bytes, is_disk_full
+from drd_jax.parallel import sync_processes
 
-__all__ = ["Checkpointer", "config_fingerprint"]
+__all__ = [
+    "DAMAGED_DIR",
+    "Checkpointer",
+    "UnreadableCheckpointError",
+    "check_workdir_config",
+    "config_fingerprint",
+]
 
 _CONFIG_FILE = "config.json"
 _CHECKPOINT_DIR = "checkpoints"
+DAMAGED_DIR = "damaged_checkpoints"
 _STATE = "state"
 _META = "meta"
+
+
+class UnreadableCheckpointError(ValueError):
+    """A checkpoint cannot be read back (damaged, incomplete, or of another state's shape).
+
+    The message is one line naming the checkpoint's directory and what to do; ``path`` is that
+    directory and ``step`` its step.
+    """
+
+    def __init__(self, message: str, *, path: pathlib.Path, step: int):
+        super().__init__(message)
+        self.path = path
+        self.step = step
+
+
+def _reason(error: BaseException, limit: int = 240) -> str:
+    """The innermost cause of ``error`` in one short line (TensorStore's is the useful one)."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# -- orbax's log ----------------------------------------------------------------------------------
+
+_TRACKED_METRIC_WARNING = "Requested `tracked_metric`"
+
+
+def _from_orbax(record: logging.LogRecord) -> bool:
+    return f"{os.sep}orbax{os.sep}" in str(record.pathname)
+
+
+class _QuietOrbax(logging.Filter):
+    """Drops orbax's INFO/DEBUG records, its per-save ``tracked_metric`` warning and its
+    tracebacks of a full disk (:class:`~drd_jax.files.DiskFullError` says it once), unless absl's
+    verbosity is 1 or more. Installed on absl's logger, which orbax logs through."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if absl_logging.get_verbosity() >= 1 or not _from_orbax(record):
+            return True
+        if record.levelno < logging.WARNING:
+            return False
+        if str(record.msg).startswith(_TRACKED_METRIC_WARNING):
+            return False
+        error = record.exc_info[1] if record.exc_info else None
+        return not (error is not None and is_disk_full(error))
+
+
+def _is_closed_loop(error: BaseException | None) -> bool:
+    return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+
+
+_failed_io = threading.Event()  # set once a save or restore of this process has failed
+
+
+def _io_failed() -> None:
+    """Marks a failed save or restore: from now on the errors of its abandoned orbax coroutines
+    are not printed (see :func:`_quiet_unraisable`), nor Python's "coroutine ... was never
+    awaited" warnings of them (unless absl's verbosity is 1 or more)."""
+    _failed_io.set()
+    if absl_logging.get_verbosity() < 1:
+        warnings.filterwarnings(
+            "ignore", message=r"coroutine '.*' was never awaited", category=RuntimeWarning
+        )
+
+
+def _orbax_coroutine(obj: Any) -> bool:
+    code = getattr(obj, "cr_code", None)
+    return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+
+
+def _quiet_unraisable(previous):
+    """``sys.unraisablehook`` without :func:`_is_closed_loop` errors, nor, after a failed save or
+    restore, the errors of its abandoned orbax coroutines (one traceback per array, with a full
+    TensorStore spec: thousands of lines) or of anything collected while Python shuts down."""
+
+    def hook(unraisable) -> None:
+        if _is_closed_loop(unraisable.exc_value):
+            return
+        if _failed_io.is_set() and absl_logging.get_verbosity() < 1:
+            if _orbax_coroutine(unraisable.object) or sys.is_finalizing():
+                return
+        previous(unraisable)
+
+    return hook
+
+
+class _QuietAsyncio(logging.Filter):
+    """After a failed save, drops asyncio's "Future/Task exception was never retrieved" of the
+    save's abandoned writes when they failed on a full disk (one per array of the state)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _failed_io.is_set() or absl_logging.get_verbosity() >= 1:
+            return True
+        error = record.exc_info[1] if record.exc_info else None
+        return not (error is not None and is_disk_full(error))
+
+
+def _quiet_excepthook(previous):
+    """``sys.excepthook`` without :func:`_is_closed_loop` errors (TensorStore prints them)."""
+
+    def hook(kind, value, tb) -> None:
+        if not _is_closed_loop(value):
+            previous(kind, value, tb)
+
+    return hook
+
+
+_quiet_installed = False
+_quiet_lock = threading.Lock()
+
+
+def _quiet_orbax() -> None:
+    """Installs, once per process (from the first ``Checkpointer`` on, as orbax's background
+    threads may log after one is closed):
+
+    * :class:`_QuietOrbax` on absl's logger, :class:`_QuietAsyncio` on asyncio's;
+    * hooks that drop ``RuntimeError('Event loop is closed')``: when a save fails (e.g. a full
+      disk), orbax closes that save's event loop while TensorStore's other writes are pending,
+      and each of them then prints that error with a traceback (about 120 for a real model),
+      also after the run has stopped with its own message.
+    """
+    global _quiet_installed
+    with _quiet_lock:
+        if _quiet_installed:
+            return
+        logging.getLogger("absl").addFilter(_QuietOrbax())
+        logging.getLogger("asyncio").addFilter(_QuietAsyncio())
+        sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
+        sys.excepthook = _quiet_excepthook(sys.excepthook)
+        _quiet_installed = True
 
 
 def _plain(value: Any) -> Any:
@@ -96,6 +258,21 @@ def _plain(value: Any) -> Any:
     if value is None or isinstance(value, bool | int | float | str):
         return value
     raise TypeError(f"value of type {type(value).__name__} is not JSON-serialisable: {value!r}")
+
+
+def _tree_bytes(tree: Any) -> int:
+    """Bytes of the array leaves of ``tree`` (in memory, uncompressed)."""
+    return sum(int(getattr(x, "nbytes", 0)) for x in jax.tree.leaves(tree))
+
+
+def _dir_bytes(path: pathlib.Path) -> int:
+    """Bytes of the files under ``path`` (0 if it has gone)."""
+    total = 0
+    for p in path.rglob("*"):
+        with contextlib.suppress(OSError):
+            if p.is_file():
+                total += p.stat().st_size
+    return total
 
 
 def _drop(tree: dict, dotted: str) -> None:
@@ -152,6 +329,64 @@ def _mismatch(workdir: pathlib.Path, found: str, expected: str) -> ValueError:
     )
 
 
+def _committed_steps(checkpoint_dir: pathlib.Path) -> list[int]:
+    """Steps with a fully written checkpoint directory (named by digits alone), ascending."""
+    try:
+        return sorted(int(p.name) for p in checkpoint_dir.iterdir() if p.name.isdigit())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _recorded_fingerprint(workdir: pathlib.Path) -> str | None:
+    """The fingerprint in ``<workdir>/config.json``; None when there is no such file.
+
+    Raises:
+      ValueError: the file exists but holds no fingerprint.
+    """
+    path = workdir / _CONFIG_FILE
+    if not path.exists():
+        return None
+    try:
+        return str(json.loads(path.read_text())["config_fingerprint"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(
+            f"workdir {workdir}: cannot read the config fingerprint from {path} ({e}). "
+            "Use a new workdir."
+        ) from e
+
+
+def check_workdir_config(workdir: str | os.PathLike, config_fingerprint: str) -> bool:
+    """Checks, without writing, that a run of ``config_fingerprint`` may use ``workdir``.
+
+    Returns whether ``config.json`` must be (re)written: the workdir is new, or it holds no
+    checkpoint (no step was trained) and records another config, which the new one replaces.
+
+    Raises:
+      ValueError: the workdir holds checkpoints of another config, or checkpoints without a
+        readable ``config.json``; the message names it.
+    """
+    workdir = pathlib.Path(workdir).expanduser().absolute()
+    has_steps = bool(_committed_steps(workdir / _CHECKPOINT_DIR))
+    try:
+        found = _recorded_fingerprint(workdir)
+    except ValueError:
+        if has_steps:
+            raise
+        return True  # unreadable, but nothing was trained under it
+    if found is None:
+        if has_steps:
+            raise ValueError(
+                f"workdir {workdir} holds checkpoints but no {_CONFIG_FILE}, so its config is "
+                "unknown. Use a new workdir."
+            )
+        return True
+    if found == config_fingerprint:
+        return False
+    if has_steps:
+        raise _mismatch(workdir, found, config_fingerprint)
+    return True
+
+
 class Checkpointer:
     """Saves and restores a train-state pytree plus a JSON dict of extras under ``workdir``.
 
@@ -195,7 +430,16 @@ class Checkpointer:
         self.best_metric = best_metric
         self.checkpoint_dir = self.workdir / _CHECKPOINT_DIR
         self.read_only = read_only
+        self.max_to_keep = max_to_keep
+        self._state_bytes: int | None = None  # of the last state passed to save()
+        self._disk_full_reported = False
+        self._closed = False
         self._check_or_write_config(config)
+        _quiet_orbax()
+        self._manager = self._make_manager(max_to_keep, save_interval_steps, best_mode, async_save)
+
+    def _make_manager(self, max_to_keep, save_interval_steps, best_mode, async_save):
+        best_metric, read_only = self.best_metric, self.read_only
 
         def metric_fn(metrics: Mapping[str, Any]) -> float:
             return float(metrics[best_metric])
@@ -229,34 +473,25 @@ class Checkpointer:
                 read_only=read_only,
                 enable_async_checkpointing=async_save,
             )
-            self._manager = ocp.CheckpointManager(
+            return ocp.CheckpointManager(
                 self.checkpoint_dir, item_names=(_STATE, _META), options=options
             )
 
     # -- config check ---------------------------------------------------------------------------
 
     def _check_or_write_config(self, config: Mapping[str, Any] | None) -> None:
-        path = self.workdir / _CONFIG_FILE
-        if path.exists():
-            try:
-                found = json.loads(path.read_text())["config_fingerprint"]
-            except (ValueError, KeyError, TypeError) as e:
-                raise ValueError(
-                    f"workdir {self.workdir}: cannot read the config fingerprint from {path} "
-                    f"({e}). Use a new workdir."
-                ) from e
-            if found != self.config_fingerprint:
-                raise _mismatch(self.workdir, found, self.config_fingerprint)
+        if not check_workdir_config(self.workdir, self.config_fingerprint):
             return
-        if self.checkpoint_dir.is_dir() and any(
-            p.name.isdigit() for p in self.checkpoint_dir.iterdir()
-        ):
-            raise ValueError(
-                f"workdir {self.workdir} holds checkpoints but no {_CONFIG_FILE}, so its config is "
-                "unknown. Use a new workdir."
-            )
         if jax.process_index() != 0 or self.read_only:
             return
+        path = self.workdir / _CONFIG_FILE
+        if path.exists():
+            logging.warning(
+                "workdir %s holds no checkpoint yet: its %s (another config) is replaced by "
+                "this run's config",
+                self.workdir,
+                _CONFIG_FILE,
+            )
         self.workdir.mkdir(parents=True, exist_ok=True)
         body = {
             "config_fingerprint": self.config_fingerprint,
@@ -306,6 +541,9 @@ class Checkpointer:
 
         Returns:
           Whether a checkpoint was written (``False`` off-interval or when ``step`` already exists).
+
+        Raises:
+          DiskFullError: this or the previous (asynchronous) save ran out of space.
         """
         if self.read_only:
             raise RuntimeError(f"Checkpointer of {self.workdir} is read-only")
@@ -325,16 +563,49 @@ class Checkpointer:
         metrics = self._clean_metrics(step, metrics)
         if step in self._manager.all_steps():
             return False
-        return bool(
-            self._manager.save(
-                step,
-                args=ocp.args.Composite(
-                    **{_STATE: ocp.args.StandardSave(state), _META: ocp.args.JsonSave(meta)}
-                ),
-                metrics=metrics,
-                force=force,
+        self._state_bytes = _tree_bytes(state)
+        with self._disk_full_check():
+            return bool(
+                self._manager.save(
+                    step,
+                    args=ocp.args.Composite(
+                        **{_STATE: ocp.args.StandardSave(state), _META: ocp.args.JsonSave(meta)}
+                    ),
+                    metrics=metrics,
+                    force=force,
+                )
             )
+
+    @contextlib.contextmanager
+    def _disk_full_check(self) -> Iterator[None]:
+        """Turns orbax's errors of a full disk into one :class:`DiskFullError`."""
+        try:
+            yield
+        except Exception as e:
+            _io_failed()
+            if not is_disk_full(e):
+                raise
+            self._disk_full_reported = True
+            logging.debug("the save that ran out of space", exc_info=e)  # --verbosity=1
+            raise self._disk_full_error() from None  # its message says it all
+
+    def _disk_full_error(self):
+        steps = _committed_steps(self.checkpoint_dir)
+        size = _dir_bytes(self.checkpoint_dir / str(steps[-1])) if steps else self._state_bytes
+        needed = None
+        if size:
+            copies = self.max_to_keep + 2
+            needed = (
+                f"the run needs about {format_bytes(copies * size)} there for its checkpoints "
+                f"({copies} x {format_bytes(size)}: the {self.max_to_keep} latest, the best and "
+                "one being written)"
+            )
+        then = "rerun the same command: it " + (
+            f"resumes from step {steps[-1]}, the newest complete checkpoint"
+            if steps
+            else "starts afresh (no checkpoint was completed)"
         )
+        return disk_full_error(self.checkpoint_dir, what="a checkpoint", needed=needed, then=then)
 
     def _clean_metrics(self, step: int, metrics: Mapping[str, Any] | None) -> dict | None:
         if metrics is None:
@@ -370,7 +641,9 @@ class Checkpointer:
             )
         return int(step)
 
-    def restore(self, step: int | None = None, *, target: Any) -> tuple[Any, dict]:
+    def restore(
+        self, step: int | None = None, *, target: Any, fall_back: bool = False
+    ) -> tuple[Any, dict]:
         """Restores the checkpoint at ``step`` (default: the latest) into ``target``'s structure.
 
         Args:
@@ -378,36 +651,112 @@ class Checkpointer:
           target: a pytree like the saved one (e.g. a freshly initialised ``TrainState``, or its
             ``jax.ShapeDtypeStruct`` tree); the result has its tree structure, shapes, dtypes and
             shardings, including typed PRNG key arrays.
+          fall_back: with ``step=None``, for the run's own writer (resume): when the latest
+            cannot be read, restore the newest readable one instead and move each newer
+            unreadable one to ``<workdir>/damaged_checkpoints/`` with a warning (see the module
+            docstring). The restored step is the state's own ``step``.
 
         Returns:
           ``(state, extra)``; ``extra`` is the JSON dict given to ``save`` (lists stay lists).
 
         Raises:
           FileNotFoundError: no checkpoint at all, or none at ``step``.
+          UnreadableCheckpointError: the checkpoint cannot be read (with ``fall_back``: none can).
           ValueError: the checkpoint was written under a different config fingerprint.
         """
+        if fall_back and self.read_only:
+            raise ValueError("fall_back=True moves damaged checkpoints: not for a read-only reader")
+        if fall_back and step is not None:
+            raise ValueError("fall_back=True restores the latest readable step: pass step=None")
         self.wait()
         step = self._existing_step(step)
+        if not fall_back:
+            return self._restore_step(step, target)
+        newer_unreadable: list[tuple[int, UnreadableCheckpointError]] = []
+        for candidate in sorted(self.all_steps(), reverse=True):
+            try:
+                restored = self._restore_step(candidate, target)
+            except UnreadableCheckpointError as e:
+                newer_unreadable.append((candidate, e))
+                continue
+            self._move_aside(newer_unreadable, restored_step=candidate)
+            return restored
+        newest, error = newer_unreadable[0]
+        raise UnreadableCheckpointError(
+            f"no checkpoint in {self.checkpoint_dir} can be read into this run's state (the "
+            f"newest, step {newest}: {_reason(error)}); nothing was moved. If another version "
+            "of drd_jax wrote them, resume with that version; if they are damaged, move the "
+            "checkpoints directory away to train the run afresh",
+            path=self.checkpoint_dir / str(newest),
+            step=newest,
+        ) from error
+
+    def _restore_step(self, step: int, target: Any) -> tuple[Any, dict]:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-        restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                **{_STATE: ocp.args.StandardRestore(abstract), _META: ocp.args.JsonRestore()}
-            ),
-        )
+        args = {_STATE: ocp.args.StandardRestore(abstract), _META: ocp.args.JsonRestore()}
+        restored = self._read(step, args)
         return restored[_STATE], self._checked_extra(restored[_META])
+
+    def _read(self, step: int, args: Mapping[str, Any]) -> Any:
+        """orbax's restore of ``step``; :class:`UnreadableCheckpointError` if it fails."""
+        try:
+            return self._manager.restore(step, args=ocp.args.Composite(**args))
+        except Exception as e:  # TensorStore/orbax raise plain Exception, ValueError, OSError...
+            _io_failed()
+            raise self._unreadable(step, e) from e
+
+    def _unreadable(self, step: int, error: BaseException) -> UnreadableCheckpointError:
+        path = self.checkpoint_dir / str(step)
+        others = [s for s in self.all_steps() if s != step]
+        where = "none"
+        if others:
+            where = f"step{'s' if len(others) > 1 else ''} {', '.join(map(str, others))}"
+        return UnreadableCheckpointError(
+            f"checkpoint step {step} of {self.workdir} cannot be read: {path} is damaged or "
+            f"incomplete ({_reason(error)}). Other checkpoints there: {where}. To read another "
+            f"one, move {path} out of {self.checkpoint_dir} or delete it; rerunning the run's "
+            "training command does that for you and retrains the lost steps",
+            path=path,
+            step=step,
+        )
+
+    def _move_aside(self, unreadable, *, restored_step: int) -> None:
+        """Moves each unreadable step directory into ``<workdir>/damaged_checkpoints/`` (process 0
+        on a multi-host run; every process then sees the new list of steps)."""
+        if not unreadable:
+            return
+        if jax.process_index() == 0:
+            damaged_dir = self.workdir / DAMAGED_DIR
+            damaged_dir.mkdir(exist_ok=True)
+            for step, error in unreadable:
+                source = self.checkpoint_dir / str(step)
+                dest = damaged_dir / str(step)
+                n = 1
+                while dest.exists():
+                    dest, n = damaged_dir / f"{step}-{n}", n + 1
+                shutil.move(source, dest)
+                logging.warning(
+                    "checkpoint step %d cannot be read (%s): moved %s to %s (inspect or delete "
+                    "it there); resuming from step %d, the newest readable checkpoint",
+                    step,
+                    _reason(error),
+                    source,
+                    dest,
+                    restored_step,
+                )
+        sync_processes("drd_jax.checkpointing.move_aside")
+        self._manager.reload()
 
     def read_extra(self, step: int | None = None) -> dict:
         """The ``extra`` dict saved with ``step`` (default: the latest), without reading the state.
 
-        Raises ``FileNotFoundError`` when there is no such checkpoint and ``ValueError`` when it was
+        Raises ``FileNotFoundError`` when there is no such checkpoint,
+        :class:`UnreadableCheckpointError` when it cannot be read and ``ValueError`` when it was
         written under another config fingerprint.
         """
         self.wait()
         step = self._existing_step(step)
-        meta = self._manager.restore(
-            step, args=ocp.args.Composite(**{_META: ocp.args.JsonRestore()})
-        )[_META]
+        meta = self._read(step, {_META: ocp.args.JsonRestore()})[_META]
         return self._checked_extra(meta)
 
     def _checked_extra(self, meta: Mapping[str, Any]) -> dict:
@@ -419,13 +768,30 @@ class Checkpointer:
     # -- lifecycle ------------------------------------------------------------------------------
 
     def wait(self) -> None:
-        """Blocks until every started save is fully written."""
-        self._manager.wait_until_finished()
+        """Blocks until every started save is fully written (:class:`DiskFullError` if one ran
+        out of space)."""
+        with self._disk_full_check():
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
-        """Waits for pending saves and releases the manager's threads."""
-        self._manager.wait_until_finished()
-        self._manager.close()
+        """Waits for pending saves and releases the manager's threads.
+
+        A full disk already reported by :meth:`save` or :meth:`wait` is not raised again (a run
+        that stops on it closes its checkpointer on the way out). Closing twice is harmless."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.wait()
+        except Exception:
+            if not self._disk_full_reported:
+                raise
+        finally:
+            try:
+                self._manager.close()
+            except Exception:
+                if not self._disk_full_reported:
+                    raise
 
     def __enter__(self) -> Checkpointer:
         return self

@@ -38,6 +38,12 @@ int32 (...,) record index, ``size`` int32 (..., 2) real (height, width) (evaluat
 leading axes ``...`` are ``(per_process_batch,)`` for ``jax.jit`` (``num_devices=None``) or
 ``(num_devices, per_process_batch // num_devices)`` for ``jax.pmap``.
 
+Damaged data: :func:`check_readable` reads the first and last record of every shard of a split
+(the trainer calls it for train and test before step 0, and before it writes anything) and raises
+:class:`CorruptDataError` naming the shard file and the command that rebuilds the dataset. A
+record that fails later (damage inside a shard) raises the same error from the evaluation pass
+and :func:`eval_pad_size`; in the training stream it fails with the reader's own error.
+
 Example::
 
     train_source = load_data_source("synthetic_rgbd/tiny", "train", data_dir=d, prepare=True)
@@ -58,6 +64,23 @@ import grain
 import numpy as np
 
 from drd_jax.data import transforms
+
+__all__ = [
+    "IGNORE_LABEL",
+    "CorruptDataError",
+    "EvalDataset",
+    "augmentation_rng",
+    "check_readable",
+    "create_eval_dataset",
+    "create_train_dataset",
+    "create_train_iterator",
+    "dataset_class_names",
+    "eval_pad_size",
+    "load_data_source",
+    "read_record",
+    "rebuild_command",
+    "steps_per_epoch",
+]
 
 IGNORE_LABEL = transforms.IGNORE_LABEL
 _AUGMENT_STREAM = 0x5EED  # decorrelates augmentation randomness from other uses of the seed
@@ -219,7 +242,7 @@ class _EvalLoad(grain.transforms.Map):
                 out["raw_image"][...] = np.round(transforms.MEAN_PIXEL).astype(np.uint8)
         else:
             out = transforms.eval_transform(
-                self.data_source[record],
+                read_record(self.data_source, record),
                 num_classes=self.num_classes,
                 include_raw_image=self.include_raw_image,
             )
@@ -422,7 +445,7 @@ def eval_pad_size(
     n = _check_source(data_source)
 
     def size(index: int) -> tuple[int, int]:
-        return tuple(np.shape(data_source[index]["depth"])[:2])
+        return tuple(np.shape(read_record(data_source, index)["depth"])[:2])
 
     with concurrent.futures.ThreadPoolExecutor(max(1, num_threads)) as pool:
         sizes = set(pool.map(size, range(n)))
@@ -472,3 +495,111 @@ def dataset_class_names(dataset: str, data_source) -> list[str]:
             "rebuild it with this version of tfds_builders (python -m tfds_builders.build)"
         )
     return list(module.CLASS_NAMES)
+
+
+# ----------------------------------------------------------------------------------------------
+# Damaged data.
+
+
+class CorruptDataError(ValueError):
+    """A record of a built dataset cannot be read; the message (one line) names the shard file
+    and the command that rebuilds the dataset."""
+
+
+def rebuild_command(dataset: str, data_dir: str) -> str:
+    """The ``python -m tfds_builders.build`` command that rebuilds ``dataset`` in ``data_dir``
+    (``--manual_dir`` added for datasets built from manual downloads)."""
+    name, _, config = dataset.partition("/")
+    command = f"python -m tfds_builders.build {name}"
+    if config:
+        command += f" --config {config}"
+    command += f" --data_dir {data_dir} --overwrite"
+    try:
+        builder = importlib.import_module(f"tfds_builders.{name}").Builder
+    except (ImportError, AttributeError):
+        return command
+    if getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
+        command += " --manual_dir <the downloaded files>"
+    return command
+
+
+def _shards(data_source) -> list[tuple[str | None, int, int]]:
+    """``(file, first index, last index)`` of each shard of a TFDS array_record data source, in
+    the source's index space; one ``(None, 0, n - 1)`` for any other sequence."""
+    inner = getattr(data_source, "data_source", None)
+    instructions = getattr(inner, "_read_instructions", None)  # array_record's, per shard file
+    if not instructions:
+        return [(None, 0, len(data_source) - 1)]
+    shards, start = [], 0
+    for instruction in instructions:
+        n = int(instruction.num_records)
+        if n > 0:
+            shards.append((str(instruction.filename), start, start + n - 1))
+        start += n
+    return shards
+
+
+def _shard_of(data_source, index: int) -> str | None:
+    for filename, first, last in _shards(data_source):
+        if first <= index <= last:
+            return filename
+    return None
+
+
+def _describe(data_source) -> tuple[str, str]:
+    """``(dataset name, data_dir)`` of a TFDS data source, as far as it records them."""
+    info = getattr(data_source, "dataset_info", None)
+    name = getattr(info, "full_name", None) or "the dataset"
+    data_dir = getattr(info, "data_dir", None)
+    return str(name), str(data_dir) if data_dir else ""
+
+
+def _corrupt(data_source, index: int, error: BaseException, *, dataset=None, data_dir=None):
+    """The :class:`CorruptDataError` of record ``index`` of ``data_source``."""
+    split = getattr(data_source, "split", None)
+    where = f", split {split!r}" if split else ""
+    shard = _shard_of(data_source, index)
+    reason = " ".join(str(error).split()) or type(error).__name__
+    what = f"shard {shard} (record {index}: {reason})" if shard else f"record {index} ({reason})"
+    if dataset is None:
+        name, version_dir = _describe(data_source)
+        fix = (
+            f"rebuild the dataset (python -m tfds_builders.build ... --overwrite; its files: "
+            f"{version_dir})"
+            if version_dir
+            else "rebuild the dataset (python -m tfds_builders.build ... --overwrite)"
+        )
+    else:
+        name = dataset
+        fix = f"rebuild it with: {rebuild_command(dataset, data_dir)}"
+    return CorruptDataError(
+        f"{name}{where}: cannot read {what}; the built dataset is damaged: {fix}"
+    )
+
+
+def read_record(data_source, index: int, *, dataset=None, data_dir=None) -> Any:
+    """``data_source[index]``; :class:`CorruptDataError` naming the shard if it cannot be read."""
+    try:
+        return data_source[index]
+    except Exception as e:  # array_record/Riegeli raise RuntimeError, TFDS decoding others
+        raise _corrupt(data_source, index, e, dataset=dataset, data_dir=data_dir) from e
+
+
+def check_readable(data_source, *, dataset: str, data_dir: str) -> None:
+    """Reads the first and the last record of every shard of ``data_source`` (decoded).
+
+    Catches a missing, truncated or overwritten shard before training, not after it; damage in
+    the middle of a shard is found when that record is read.
+
+    Args:
+      data_source: a split's data source (:func:`load_data_source`) or any sequence of examples.
+      dataset: its name as in ``config.dataset`` (``"synthetic_rgbd/tiny"``), for the message.
+      data_dir: where it is built, for the message.
+
+    Raises:
+      CorruptDataError: naming the shard file and the ``tfds_builders.build`` command.
+    """
+    _check_source(data_source)
+    for _, first, last in _shards(data_source):
+        for index in sorted({first, last}):
+            read_record(data_source, index, dataset=dataset, data_dir=data_dir)

@@ -5,23 +5,68 @@ adaptation's auto-encoder stage (``drd_jax.distillation.autoencoder``): it feeds
 compiled step (see ``drd_jax.parallel.DataParallel``) without waiting for it, and brings the
 steps' metrics to the host only where they are logged (:class:`TrainLog`) or something is saved,
 checking every step's metrics there before anything after it is kept.
+
+Progress (:func:`progress_bar`): a tqdm bar when stderr is a terminal; in a log file or a pipe,
+where a bar's ``\r`` frames would pile up, one plain log line at each logged step instead.
 """
 
 from __future__ import annotations
 
+import logging
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
+from tqdm import tqdm
 
 from drd_jax.metric_writers import MetricWriter
 from drd_jax.parallel import DataParallel
 
-__all__ = ["NOT_LOGGED", "TrainLog", "evaluate", "run_steps"]
+__all__ = ["NOT_LOGGED", "LineProgress", "TrainLog", "evaluate", "progress_bar", "run_steps"]
 
 # Step metrics that are checked, not logged.
 NOT_LOGGED = ("finite", "valid_pixels")
+
+
+class LineProgress:
+    """tqdm's ``update`` / ``set_postfix`` / ``close`` as plain log lines: each ``set_postfix``
+    (one per logged step, see :class:`TrainLog`) logs
+    ``'<desc>: step <n>/<total> (<pct>%), loss 0.5312, lr 1.00e-03, 42.0 img/s'``."""
+
+    def __init__(self, *, total: int, initial: int = 0, desc: str = ""):
+        self.total, self.n, self.desc = int(total), int(initial), desc
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+
+    def set_postfix(self, **values: str) -> None:
+        pct = 100 * self.n // max(self.total, 1)
+        parts = [f"step {self.n}/{self.total} ({pct}%)"]
+        parts += [f"{v} img/s" if k == "img_s" else f"{k} {v}" for k, v in values.items()]
+        logging.info("%s: %s", self.desc, ", ".join(parts))
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(
+    *, total: int, initial: int, desc: str, enabled: bool, stream: IO[str] | None = None
+):
+    """The progress display of a loop of ``total`` steps starting at ``initial``.
+
+    A tqdm bar on ``stream`` (default ``sys.stderr``) when it is a terminal; a
+    :class:`LineProgress` (log lines, no ``\r``) when it is not; tqdm's no-op bar when
+    ``enabled`` is False. All three take ``update``, ``set_postfix`` and ``close``.
+    """
+    stream = sys.stderr if stream is None else stream
+    if not enabled:
+        return tqdm(total=total, initial=initial, disable=True)
+    isatty = getattr(stream, "isatty", None)
+    if callable(isatty) and isatty():
+        return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, file=stream)
+    return LineProgress(total=total, initial=initial, desc=desc)
 
 
 class TrainLog:

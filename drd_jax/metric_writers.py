@@ -14,7 +14,10 @@ A run's ``workdir`` gets::
 Resuming: construct the writer with ``resume_step=<restored checkpoint step>`` (``0`` when starting
 from scratch in a workdir that may hold a crashed run's log). Lines with ``step > resume_step`` are
 dropped from ``metrics.jsonl`` (they will be logged again), and TensorBoard is told to hide its
-events from those steps (``purge_step``), so neither log shows duplicates.
+events from those steps (``purge_step``), so neither log shows duplicates. ``metrics.jsonl`` is
+rewritten only when there is something to drop; reading it (:func:`read_jsonl`) never writes.
+
+A full disk raises :class:`~drd_jax.files.DiskFullError` naming the file.
 
 Values: every scalar must be a real number (Python, numpy or JAX scalar, or a one-element array).
 Strings, bools, complex numbers and multi-element arrays raise ``TypeError``/``ValueError``.
@@ -25,18 +28,19 @@ to TensorBoard; the curves leave a gap there.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import numbers
 import os
 import pathlib
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
-from drd_jax.files import atomic_write_text
+from drd_jax.files import atomic_write_text, disk_full_error, is_disk_full
 
 __all__ = ["MetricWriter", "read_jsonl"]
 
@@ -49,11 +53,16 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Reads a JSON-lines file into a list of dicts; a missing file gives ``[]``.
 
     A truncated last line (a crash mid-write) is skipped; a corrupt line elsewhere raises
-    ``ValueError`` naming the line.
+    ``ValueError`` naming the line. Never writes.
     """
-    path = pathlib.Path(path)
+    return _read_records(pathlib.Path(path))[0]
+
+
+def _read_records(path: pathlib.Path) -> tuple[list[dict[str, Any]], bool]:
+    """``(records, torn)``: :func:`read_jsonl`'s records, and whether a truncated last line was
+    skipped."""
     if not path.exists():
-        return []
+        return [], False
     lines = path.read_text(encoding="utf-8").splitlines()
     records = []
     for i, line in enumerate(lines):
@@ -63,9 +72,25 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
             records.append(json.loads(line))
         except json.JSONDecodeError as e:
             if i == len(lines) - 1:
-                break
+                return records, True
             raise ValueError(f"{path}:{i + 1}: not valid JSON ({e})") from e
-    return records
+    return records, False
+
+
+@contextlib.contextmanager
+def _disk_full_names(path: pathlib.Path, what: str) -> Iterator[None]:
+    """Turns ``OSError(ENOSPC)`` while writing ``path`` into a :class:`DiskFullError`."""
+    try:
+        yield
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        raise disk_full_error(
+            path,
+            what=what,
+            needed=None,
+            then="rerun the same command: it resumes from the newest checkpoint",
+        ) from None  # its message says it all
 
 
 def _scalar(key: str, value: Any) -> float:
@@ -153,28 +178,33 @@ class MetricWriter:
             "wall_time": time.time(),
             "scalars": {k: (v if math.isfinite(v) else None) for k, v in values.items()},
         }
-        self._file.write(json.dumps(record, allow_nan=False) + "\n")
-        self._file.flush()
+        with _disk_full_names(self.jsonl_path, "the training log"):
+            self._file.write(json.dumps(record, allow_nan=False) + "\n")
+            self._file.flush()
         if self._tb is not None:
-            for key, value in values.items():
-                self._tb.add_scalar(f"{split}/{key}", value, global_step=step)
-            self._tb.flush()
+            with _disk_full_names(self.tensorboard_dir, "TensorBoard events"):
+                for key, value in values.items():
+                    self._tb.add_scalar(f"{split}/{key}", value, global_step=step)
+                self._tb.flush()
 
     def truncate_after(self, step: int) -> int:
         """Drops the lines of ``metrics.jsonl`` with ``step > step``; returns how many were dropped.
 
-        The file is rewritten atomically (temporary file + rename). A truncated last line is
-        dropped too.
+        The file is rewritten atomically (temporary file + rename), and only when a line is
+        dropped: a truncated last line is dropped too; a log with nothing to drop is not touched.
         """
         if not self.active or not self.jsonl_path.exists():
             return 0
-        records = read_jsonl(self.jsonl_path)
-        kept = [r for r in records if int(r["step"]) <= step]
         if self._file is not None:
             self._file.flush()
-        atomic_write_text(
-            self.jsonl_path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in kept)
-        )
+        records, torn = _read_records(self.jsonl_path)
+        kept = [r for r in records if int(r["step"]) <= step]
+        if len(kept) == len(records) and not torn:
+            return 0
+        with _disk_full_names(self.jsonl_path, "the training log"):
+            atomic_write_text(
+                self.jsonl_path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in kept)
+            )
         if self._file is not None:  # keep appending to the new file, not the replaced one
             self._file.close()
             self._file = open(self.jsonl_path, "a", encoding="utf-8")  # noqa: SIM115

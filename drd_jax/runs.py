@@ -2,7 +2,10 @@
 
 A workdir written by ``drd_jax.train.train_and_evaluate`` holds ``config.json``, ``checkpoints/``
 and, once finished, :data:`FINAL_METRICS_NAME`. ``segment``, ``reproduce`` and ``figures`` read
-runs through :func:`load_run`; a student reads its teacher through :func:`load_teacher`.
+runs through :func:`load_run`; a student reads its teacher through :func:`load_teacher`. Readers
+never write into the workdir and never take its lock (``drd_jax.workdir_lock``); a checkpoint
+that cannot be read raises ``checkpointing.UnreadableCheckpointError``, one line naming it and
+what to do.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import ml_collections
 import numpy as np
 
 from drd_jax import input_pipeline, loop, metrics
-from drd_jax.checkpointing import Checkpointer
+from drd_jax.checkpointing import Checkpointer, UnreadableCheckpointError
 from drd_jax.config import TEACHER_CHECKPOINTS, field_error, fingerprint, resolve_data_dir
 from drd_jax.files import atomic_write_text
 from drd_jax.models import DeepLabVGG16
@@ -34,6 +37,7 @@ __all__ = [
     "eval_summary",
     "evaluate_run",
     "final_metrics",
+    "finished_run",
     "load_run",
     "load_teacher",
     "read_run_config",
@@ -90,6 +94,8 @@ def load_run(workdir: str | os.PathLike, *, checkpoint: str = "best") -> RunChec
 
     Raises:
       FileNotFoundError: not a run directory, or no checkpoint in it.
+      UnreadableCheckpointError: the checkpoint asked for cannot be read (one line naming its
+        directory and what to do; never silently another checkpoint instead).
       ValueError: a bad ``checkpoint`` value or a corrupt/mismatched ``config.json``.
     """
     if checkpoint not in TEACHER_CHECKPOINTS:
@@ -120,11 +126,63 @@ def load_run(workdir: str | os.PathLike, *, checkpoint: str = "best") -> RunChec
         template = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=here), template
         )
-        state, _ = ckpt.restore(step, target=template)
+        try:
+            state, _ = ckpt.restore(step, target=template)
+        except UnreadableCheckpointError as e:
+            raise _with_choices(e, ckpt, checkpoint) from e.__cause__
     finally:
         ckpt.close()
     logging.info("restored %s step %d", workdir, step)
     return RunCheckpoint(workdir, config, jax.device_get(state.params), list(class_names), step)
+
+
+def _with_choices(
+    error: UnreadableCheckpointError, ckpt: Checkpointer, checkpoint: str
+) -> UnreadableCheckpointError:
+    """``error`` plus the other ``checkpoint=`` choice of :func:`load_run`, when it reads another
+    step."""
+    latest = ckpt.latest_step()
+    if checkpoint == "best" and latest is not None and latest != error.step:
+        hint = (
+            f"; checkpoint='latest' reads step {latest} (load_run(..., checkpoint='latest'), "
+            "segment --which=latest, a student's --config.teacher_checkpoint=latest)"
+        )
+        return UnreadableCheckpointError(str(error) + hint, path=error.path, step=error.step)
+    return error
+
+
+def finished_run(workdir: str | os.PathLike, config_fingerprint: str) -> dict | None:
+    """The final metrics of the finished run of ``config_fingerprint`` in ``workdir``, or None.
+
+    Finished: :data:`FINAL_METRICS_NAME` records ``config_fingerprint``, and the latest checkpoint
+    reads back to its ``params_fingerprint``. When that checkpoint cannot be read (or holds
+    other params) a warning says so and None is returned, so that the trainer resumes past it.
+    Reads only.
+    """
+    workdir = pathlib.Path(workdir).expanduser().absolute()
+    path = workdir / FINAL_METRICS_NAME
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(result, dict) or result.get("config_fingerprint") != config_fingerprint:
+        return None
+    try:
+        run = load_run(workdir, checkpoint="latest")
+    except FileNotFoundError:
+        logging.warning("%s is there, but no checkpoint: training the run again", path)
+        return None
+    except UnreadableCheckpointError as e:
+        logging.warning("%s is there, but its checkpoint %s cannot be read", path, e.path)
+        return None
+    if params_fingerprint(run.params) != result.get("params_fingerprint"):
+        logging.warning(
+            "%s: the latest checkpoint (step %d) does not hold the params it reports",
+            path,
+            run.step,
+        )
+        return None
+    return result
 
 
 def load_teacher(config, num_classes: int) -> tuple[ml_collections.ConfigDict, Any]:
@@ -146,7 +204,7 @@ def load_teacher(config, num_classes: int) -> tuple[ml_collections.ConfigDict, A
             )
     try:
         run = load_run(workdir, checkpoint=config.teacher_checkpoint)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, UnreadableCheckpointError) as e:
         raise field_error("teacher_workdir", str(e)) from e
     if len(run.class_names) != num_classes:
         raise field_error(

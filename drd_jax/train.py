@@ -25,11 +25,23 @@ Resume: checkpoints every ``config.checkpoint_every_steps`` steps, at every eval
 same config fingerprint continues from the latest, data position included, to the same params as
 an uninterrupted run. ``config.stop_after_steps = k`` saves at step ``k`` and returns.
 
+Start: everything is checked before anything is written into the workdir: the config (errors
+name the field), the workdir's recorded config (a workdir holding checkpoints of another config
+is refused; one without checkpoints takes the new config), the devices, every shard of the train
+and test splits (``input_pipeline.check_readable``) and the teacher. A finished run (its
+``final_metrics.json`` and final checkpoint there, for this config) is returned as it is, with
+nothing written. Then process 0 takes the workdir's lock for the run (``drd_jax.workdir_lock``:
+a second live run on the workdir is refused at once, naming the holder's pid and host; a killed
+run's lock never blocks).
+
 Faults: a non-finite loss, gradient or parameter (``FloatingPointError``) or a cross-entropy that
 explodes while finite (``divergence.TrainingDivergedError``; ``config.divergence_factor``, not in
 the fingerprint: rerun with a larger value, or 0, to resume past it) stops the run naming the step
 and the last good checkpoint; every step is checked before a later one is logged or saved.
-Config errors raise ``ValueError`` naming the field.
+Config errors raise ``ValueError`` naming the field. A damaged latest checkpoint is moved to
+``damaged_checkpoints/`` with a warning and the run resumes from the newest readable one (to the
+same params). A full disk raises ``files.DiskFullError`` (one message naming the path and the
+space needed); the same command resumes once space is freed.
 
 Outputs in ``workdir``: ``config.json``, ``checkpoints/``, ``metrics.jsonl``, ``tensorboard/``,
 ``curves.png`` (``MetricWriter``) and ``final_metrics.json`` (``runs.final_metrics``).
@@ -37,25 +49,29 @@ Outputs in ``workdir``: ``config.json``, ``checkpoints/``, ``metrics.jsonl``, ``
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import pathlib
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import jax
 import ml_collections
-from tqdm import tqdm
+import numpy as np
 
 from drd_jax import distillation as distillation_lib
 from drd_jax import input_pipeline, loop, runs
-from drd_jax.checkpointing import Checkpointer
+from drd_jax.checkpointing import Checkpointer, check_workdir_config
 from drd_jax.config import field_error, fingerprint, resolve_data_dir, validate_config
 from drd_jax.divergence import DivergenceMonitor, TrainingDivergedError
+from drd_jax.files import DiskFullError, disk_full_error, is_disk_full
 from drd_jax.metric_writers import MetricWriter
 from drd_jax.parallel import DataParallel, main_process_first
 from drd_jax.state import create_train_state, make_model
 from drd_jax.steps import eval_step, make_train_step
+from drd_jax.workdir_lock import WorkdirLock, WorkdirLockedError
 
 __all__ = ["train_and_evaluate"]
 
@@ -63,23 +79,125 @@ __all__ = ["train_and_evaluate"]
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
     """Trains (resuming from ``workdir`` if it holds a checkpoint), evaluates on the test split.
 
-    Returns the dict written to ``<workdir>/final_metrics.json``; with ``config.stop_after_steps``
-    reached first, ``{"stopped_at_step", "steps", "mode"}`` (no evaluation, nothing written).
+    Returns the dict written to ``<workdir>/final_metrics.json`` (read back, nothing written, when
+    the run has finished already); with ``config.stop_after_steps`` reached first,
+    ``{"stopped_at_step", "steps", "mode"}`` (no evaluation, nothing written).
     """
     validate_config(config)
     workdir = pathlib.Path(workdir).expanduser().absolute()
-    ckpt = Checkpointer(
-        workdir,
-        config_fingerprint=fingerprint(config),
-        config=config.to_dict(),
-        max_to_keep=config.max_checkpoints_to_keep,
-        save_interval_steps=config.checkpoint_every_steps,
-        best_metric="mean_iou",
-    )
-    try:
-        return _train(config, workdir, ckpt)
-    finally:
+    config_fp = fingerprint(config)
+    check_workdir_config(workdir, config_fp)
+    par = _data_parallel(config)
+    done = runs.finished_run(workdir, config_fp)
+    if done is not None:
+        logging.info("%s holds this finished run: its final metrics (nothing written)", workdir)
+        return done
+    data = _load_data(config)
+    teacher = _load_teacher(config, len(data.class_names))
+    with _disk_full_named(workdir), _workdir_lock(workdir):
+        ckpt = Checkpointer(
+            workdir,
+            config_fingerprint=config_fp,
+            config=config.to_dict(),
+            max_to_keep=config.max_checkpoints_to_keep,
+            save_interval_steps=config.checkpoint_every_steps,
+            best_metric="mean_iou",
+        )
+        try:
+            result = _train(config, workdir, ckpt, par, data, teacher)
+        except BaseException:
+            _close_after_error(ckpt.close, ckpt.checkpoint_dir)
+            raise
         ckpt.close()
+        return result
+
+
+class _Data(NamedTuple):
+    """The splits of ``config.dataset``, checked readable, and its class names."""
+
+    train: Any
+    test: Any
+    class_names: list[str]
+
+
+def _load_data(config) -> _Data:
+    """Builds the dataset if needed (synthetic data; one process of a multi-host job), opens its
+    splits and reads the first and last record of every shard (``CorruptDataError`` naming the
+    shard and the rebuild command)."""
+    data_dir = resolve_data_dir(config)
+    train = main_process_first(  # one process builds synthetic data
+        lambda: input_pipeline.load_data_source(
+            config.dataset, "train", data_dir=data_dir, prepare=True
+        ),
+        "prepare the dataset",
+    )
+    test = input_pipeline.load_data_source(config.dataset, "test", data_dir=data_dir)
+    for source in (train, test):
+        input_pipeline.check_readable(source, dataset=config.dataset, data_dir=data_dir)
+    return _Data(train, test, input_pipeline.dataset_class_names(config.dataset, train))
+
+
+def _load_teacher(config, num_classes: int) -> tuple[Any, Any]:
+    """``(teacher_config, teacher_params)`` of a student with a teacher, else ``(None, None)``."""
+    if config.mode == "student" and config.teacher_workdir:
+        return runs.load_teacher(config, num_classes)
+    return None, None
+
+
+@contextlib.contextmanager
+def _workdir_lock(workdir: pathlib.Path) -> Iterator[None]:
+    """Process 0 holds the workdir's lock for the run; on a multi-host job every process stops
+    when process 0 cannot take it."""
+    lock, refused = None, None
+    if jax.process_index() == 0:
+        try:
+            lock = WorkdirLock(workdir).acquire()
+        except WorkdirLockedError as e:
+            refused = e
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        ok = multihost_utils.broadcast_one_to_all(np.int32(refused is None))
+        if not int(ok) and refused is None:
+            raise WorkdirLockedError(
+                f"workdir {workdir} is in use by another run: process 0 could not lock it "
+                "(its log names the holder)"
+            )
+    if refused is not None:
+        raise refused
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+@contextlib.contextmanager
+def _disk_full_named(workdir: pathlib.Path) -> Iterator[None]:
+    """A full disk met anywhere in the run (logs, curves, final metrics) raises one
+    ``DiskFullError`` naming the file (checkpoints name their own)."""
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        raise disk_full_error(
+            e.filename or workdir,
+            what="the run's outputs",
+            needed=None,
+            then="rerun the same command: it resumes from the newest checkpoint",
+        ) from None  # its message says it all
+
+
+def _close_after_error(close: Callable[[], None], what) -> None:
+    """Closes ``what`` while an error propagates: a second error there (e.g. the same full
+    disk) is logged in one line instead of raised over the first."""
+    try:
+        close()
+    except Exception as e:  # noqa: BLE001 - the first error is the one to report
+        logging.warning("while stopping, %s did not close cleanly: %s", what, str(e)[:300])
 
 
 def _data_parallel(config) -> DataParallel:
@@ -146,10 +264,13 @@ class _Start(NamedTuple):
     teacher_params: Any
 
 
-def _start(config, workdir, ckpt: Checkpointer, par: DataParallel, num_classes: int) -> _Start:
-    distillation, teacher_params = None, None
-    if config.mode == "student" and config.teacher_workdir:
-        tconfig, teacher_params = runs.load_teacher(config, num_classes)
+def _start(config, workdir, ckpt: Checkpointer, par: DataParallel, teacher, num_classes) -> _Start:
+    """The initial state, restored from the newest readable checkpoint when there is one
+    (damaged newer ones are moved aside with a warning: ``Checkpointer.restore(fall_back=True)``);
+    ``teacher`` is :func:`_load_teacher`'s pair."""
+    tconfig, teacher_params = teacher
+    distillation = None
+    if tconfig is not None:
         teacher_model = make_model(tconfig, num_classes, depth_aware=True)
         distillation = distillation_lib.make_distillation(config, teacher_model)
     rng = jax.random.PRNGKey(config.seed)
@@ -157,7 +278,8 @@ def _start(config, workdir, ckpt: Checkpointer, par: DataParallel, num_classes: 
     step = 0
     if ckpt.latest_step() is not None:
         # jit: restore straight into the replicated global arrays (multi-host safe).
-        state, _ = ckpt.restore(target=state if par.kind == "pmap" else par.put_state(state))
+        target = state if par.kind == "pmap" else par.put_state(state)
+        state, _ = ckpt.restore(target=target, fall_back=True)
         step = int(state.step)
         logging.info("resumed %s at step %d", workdir, step)
     if distillation is None or not distillation.any_term:
@@ -187,21 +309,12 @@ def _pretrain_autoencoder(config, state, distillation, teacher_params, source, p
     return state.replace(autoencoder_params=params)
 
 
-def _train(config, workdir: pathlib.Path, ckpt: Checkpointer) -> dict:
+def _train(config, workdir: pathlib.Path, ckpt: Checkpointer, par, data: _Data, teacher) -> dict:
     is_main = jax.process_index() == 0
-    data_dir = resolve_data_dir(config)
-    train_source = main_process_first(  # one process builds synthetic data
-        lambda: input_pipeline.load_data_source(
-            config.dataset, "train", data_dir=data_dir, prepare=True
-        ),
-        "prepare the dataset",
-    )
-    test_source = input_pipeline.load_data_source(config.dataset, "test", data_dir=data_dir)
-    class_names = input_pipeline.dataset_class_names(config.dataset, train_source)
+    train_source, test_source, class_names = data
     num_classes = len(class_names)
-    par = _data_parallel(config)
     state, start_step, distillation, teacher_params = _start(
-        config, workdir, ckpt, par, num_classes
+        config, workdir, ckpt, par, teacher, num_classes
     )
     train_fn = make_train_step(
         config,
@@ -259,12 +372,11 @@ def _train(config, workdir: pathlib.Path, ckpt: Checkpointer) -> dict:
             state = _pretrain_autoencoder(
                 config, state, distillation, teacher_params, train_source, par, workdir
             )
-        bar = tqdm(
+        bar = loop.progress_bar(
             total=total,
             initial=start_step,
             desc=config.mode,
-            dynamic_ncols=True,
-            disable=not (config.progress_bar and is_main),
+            enabled=bool(config.progress_bar and is_main),
         )
         log = loop.TrainLog(
             writer,
@@ -294,13 +406,15 @@ def _train(config, workdir: pathlib.Path, ckpt: Checkpointer) -> dict:
         final_step = int(par.host(state.step))
         if final_step < total:
             ckpt.wait()
-            return {"stopped_at_step": final_step, "steps": final_step, "mode": config.mode}
-
-        cm = save(total, state, final=True)
-        result = runs.final_metrics(config, cm, class_names, par.unreplicate(state).params)
-        ckpt.wait()  # final_metrics.json only once the final checkpoint is on disk
-        if is_main:
-            runs.write_final_metrics(workdir, result)
-        return result
-    finally:
-        writer.close()
+            result = {"stopped_at_step": final_step, "steps": final_step, "mode": config.mode}
+        else:
+            cm = save(total, state, final=True)
+            result = runs.final_metrics(config, cm, class_names, par.unreplicate(state).params)
+            ckpt.wait()  # final_metrics.json only once the final checkpoint is on disk
+            if is_main:
+                runs.write_final_metrics(workdir, result)
+    except BaseException:
+        _close_after_error(writer.close, writer.jsonl_path)
+        raise
+    writer.close()
+    return result

@@ -21,6 +21,7 @@ LIBRARY = ROOT / "drd_jax"
 LAYERS = {
     "drd_jax": 0,
     "drd_jax.files": 0,
+    "drd_jax.workdir_lock": 0,
     "drd_jax.data": 0,
     "drd_jax.data.transforms": 0,
     "drd_jax.ops": 1,

@@ -1,6 +1,12 @@
 """Tests for drd_jax.checkpointing (orbax CheckpointManager behind ``Checkpointer``)."""
 
+import errno
 import json
+import logging
+import os
+import pathlib
+import shutil
+import subprocess
 
 import flax.linen as nn
 import jax
@@ -8,9 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from absl import logging as absl_logging
 from flax.training import train_state
 
-from drd_jax.checkpointing import Checkpointer, config_fingerprint
+from drd_jax.checkpointing import Checkpointer, UnreadableCheckpointError, config_fingerprint
+from drd_jax.files import DiskFullError
 
 FP = config_fingerprint({"model": "tiny", "lr": 0.1})
 
@@ -216,3 +224,214 @@ def test_read_only_reader_leaves_a_writer_alone(tmp_path):
             target=state
         )
     assert not (tmp_path / "nothing" / "config.json").exists()
+
+
+# -- damaged checkpoints ------------------------------------------------------------------------
+
+
+def truncate_largest_file(step_dir: pathlib.Path) -> pathlib.Path:
+    """Cuts the largest file under ``step_dir`` to half its size (a damaged copy/disk)."""
+    path = max((p for p in step_dir.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    os.truncate(path, path.stat().st_size // 2)
+    return path
+
+
+def save_steps(tmp_path, steps) -> dict[int, State]:
+    """Saves ``make_state(step)`` at each step (distinct params), extra ``{"at": step}``."""
+    states = {s: make_state(s) for s in steps}
+    c = ckpt(tmp_path, save_interval_steps=1)
+    for s, state in states.items():
+        assert c.save(s, state, extra={"at": s})
+    c.close()
+    return states
+
+
+def test_restore_falls_back_past_a_damaged_checkpoint(tmp_path, caplog):
+    states = save_steps(tmp_path, (1, 2, 3))
+    checkpoints = tmp_path / "work" / "checkpoints"
+    truncate_largest_file(checkpoints / "3")
+    c = ckpt(tmp_path, save_interval_steps=1)
+    with caplog.at_level(logging.WARNING):
+        state, extra = c.restore(target=make_state(9), fall_back=True)
+    assert extra == {"at": 2}
+    assert_trees_equal(state.params, states[2].params)
+    # Moved aside with a warning naming both places, never deleted.
+    moved = tmp_path / "work" / "damaged_checkpoints" / "3"
+    assert moved.is_dir() and not (checkpoints / "3").exists()
+    assert str(checkpoints / "3") in caplog.text and str(moved) in caplog.text
+    assert c.latest_step() == 2 and c.all_steps() == [1, 2]
+    assert c.save(3, states[3])  # the lost step can be written again
+    c.close()
+
+
+def test_reading_a_damaged_checkpoint_names_it_in_one_line(tmp_path):
+    save_steps(tmp_path, (1, 2))
+    damaged = tmp_path / "work" / "checkpoints" / "2"
+    truncate_largest_file(damaged)
+    reader = ckpt(tmp_path, read_only=True)
+    for call in (
+        lambda: reader.restore(2, target=make_state(9)),
+        lambda: reader.restore(target=make_state(9)),  # the latest, without falling back
+    ):
+        with pytest.raises(UnreadableCheckpointError) as info:
+            call()
+        message = str(info.value)
+        assert "\n" not in message
+        assert str(damaged) in message and "step 1" in message  # what else there is
+    with pytest.raises(ValueError, match="read-only"):
+        reader.restore(target=make_state(9), fall_back=True)
+    reader.close()
+    assert damaged.is_dir()  # a reader moves nothing
+
+
+def test_nothing_readable_moves_nothing(tmp_path):
+    """Every checkpoint failing (e.g. a state of another shape) is no proof of damage."""
+    save_steps(tmp_path, (1, 2))
+
+    class Wider(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(3)(x)
+
+    params = Wider().init(jax.random.key(0), jnp.ones((1, 3)))
+    other = State.create(apply_fn=None, params=params, tx=optax.sgd(0.1), rng=jax.random.key(0))
+    c = ckpt(tmp_path, save_interval_steps=1)
+    with pytest.raises(UnreadableCheckpointError, match="no checkpoint .* can be read"):
+        c.restore(target=other, fall_back=True)
+    assert c.all_steps() == [1, 2]
+    assert not (tmp_path / "work" / "damaged_checkpoints").exists()
+    c.close()
+
+
+# -- config of a workdir without checkpoints ----------------------------------------------------
+
+
+def test_a_workdir_without_checkpoints_takes_a_new_config(tmp_path):
+    ckpt(tmp_path).close()  # e.g. a run refused after config.json was written
+    other = config_fingerprint({"model": "tiny", "lr": 0.2})
+    ckpt(tmp_path, config_fingerprint=other, read_only=True).close()  # a reader changes nothing
+    config_json = tmp_path / "work" / "config.json"
+    assert json.loads(config_json.read_text())["config_fingerprint"] == FP
+    c = ckpt(tmp_path, config_fingerprint=other, config={"lr": 0.2})
+    assert json.loads(config_json.read_text()) == {
+        "config_fingerprint": other,
+        "config": {"lr": 0.2},
+    }
+    c.save(1000, make_state())
+    c.close()
+    with pytest.raises(ValueError, match="different config"):  # now it holds a trained step
+        ckpt(tmp_path)
+
+
+# -- logs ---------------------------------------------------------------------------------------
+
+
+def orbax_records(records, below=logging.WARNING):
+    return [r for r in records if f"{os.sep}orbax{os.sep}" in r.pathname and r.levelno < below]
+
+
+@pytest.fixture
+def absl_info():
+    """absl (hence orbax) logging at INFO, as under ``absl.app`` with the default verbosity."""
+    old = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.INFO)
+    yield
+    absl_logging.set_verbosity(old)
+
+
+def test_orbax_is_quiet_by_default(tmp_path, caplog, absl_info):
+    with caplog.at_level(logging.INFO):
+        c = ckpt(tmp_path, save_interval_steps=1, async_save=True)
+        c.save(1, make_state())  # no metrics: orbax would warn 'Requested tracked_metric'
+        c.save(2, make_state(), metrics={"mean_iou": 0.5})
+        c.restore(target=make_state())
+        c.close()
+    assert not orbax_records(caplog.records), orbax_records(caplog.records)[:3]
+    assert "tracked_metric" not in caplog.text
+    c = ckpt(tmp_path)
+    assert c.best_step() == 2  # the checkpoint without metrics competes only for the latest slots
+    c.close()
+
+
+def test_orbax_logs_again_at_verbosity_1(tmp_path, caplog, absl_info):
+    absl_logging.set_verbosity(1)  # what `--verbosity=1` sets
+    with caplog.at_level(logging.DEBUG):
+        c = ckpt(tmp_path, save_interval_steps=1)
+        c.save(1, make_state())
+        c.close()
+    assert orbax_records(caplog.records)
+    assert "tracked_metric" in caplog.text
+
+
+# -- disk full ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 1 MiB tmpfs (needs root and permission to mount; skips otherwise)."""
+    mount = tmp_path / "small_fs"
+    mount.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs needs root")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(directory: pathlib.Path, keep_free: int = 0) -> pathlib.Path:
+    """Writes a file into ``directory`` until the file system has ``keep_free`` bytes left."""
+    filler = directory / "filler"
+    free = shutil.disk_usage(directory).free - keep_free
+    with open(filler, "wb") as f:
+        try:
+            f.write(b"\1" * max(free, 0))
+        except OSError as e:
+            assert e.errno == errno.ENOSPC
+    return filler
+
+
+def test_disk_full_names_the_path_and_the_space_needed(small_fs):
+    state = make_state()
+    c = Checkpointer(small_fs / "work", config_fingerprint=FP, save_interval_steps=1)
+    c.save(1, state)
+    c.wait()
+    filler = fill(small_fs)
+    with pytest.raises(DiskFullError) as info:
+        c.save(2, state)
+        c.wait()
+    message = str(info.value)
+    assert info.value.errno == errno.ENOSPC and "\n" not in message
+    assert str(small_fs / "work" / "checkpoints") in message
+    assert "no space left" in message and "needs about" in message and "free" in message
+    assert "step 1" in message  # where a rerun resumes
+    c.close()  # after the error: no second one
+    filler.unlink()  # space freed: a new writer saves again
+    c = Checkpointer(small_fs / "work", config_fingerprint=FP, save_interval_steps=1)
+    assert c.latest_step() == 1
+    assert c.save(2, state)
+    c.close()
+    assert Checkpointer(small_fs / "work", config_fingerprint=FP).latest_step() == 2
+
+
+def test_disk_full_in_orbax_becomes_one_disk_full_error(tmp_path, monkeypatch):
+    """Without a small file system: what orbax/TensorStore raise on ENOSPC, simulated."""
+    c = ckpt(tmp_path, save_interval_steps=1)
+    c.save(1, make_state())
+
+    def full(*args, **kwargs):
+        raise ValueError(
+            'RESOURCE_EXHAUSTED: Error writing "params/0" in OCDBT database: Failed to write '
+            "69254 bytes to file 11: No space left on device [os_error_code='28']"
+        )
+
+    monkeypatch.setattr(c._manager, "save", full)
+    with pytest.raises(DiskFullError, match=r"no space left .*checkpoints.*step 1"):
+        c.save(2, make_state())
+    c.close()

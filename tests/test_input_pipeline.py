@@ -1,6 +1,9 @@
 """Input pipeline: numpy augmentations keep image/depth/label aligned; grain batches are shaped,
 sharded, resumable and deterministic; evaluation sees every example exactly once."""
 
+import os
+import shutil
+
 import numpy as np
 import pytest
 
@@ -321,3 +324,41 @@ def test_steps_per_epoch():
     assert ip.steps_per_epoch(10, 4) == 3 and ip.steps_per_epoch(8, 4) == 2
     with pytest.raises(ValueError, match="batch_size"):
         ip.steps_per_epoch(8, 0)
+
+
+def _corrupt_copy(data_dir, tmp_path, split):
+    """A copy of the built tiny dataset whose ``split`` shard is cut to half its size."""
+    copy = tmp_path / "data"
+    shutil.copytree(data_dir, copy)
+    (shard,) = copy.rglob(f"synthetic_rgbd-{split}.array_record-*")
+    os.truncate(shard, shard.stat().st_size // 2)
+    return copy, shard
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_a_corrupt_shard_is_named_with_the_rebuild_command(data_dir, tmp_path, split):
+    copy, shard = _corrupt_copy(data_dir, tmp_path, split)
+    for name in ("train", "test"):
+        source = ip.load_data_source("synthetic_rgbd/tiny", name, data_dir=str(copy))
+        if name != split:
+            ip.check_readable(source, dataset="synthetic_rgbd/tiny", data_dir=str(copy))
+            continue
+        with pytest.raises(ip.CorruptDataError) as info:
+            ip.check_readable(source, dataset="synthetic_rgbd/tiny", data_dir=str(copy))
+        message = str(info.value)
+        assert str(shard) in message and "\n" not in message
+        assert (
+            f"python -m tfds_builders.build synthetic_rgbd --config tiny --data_dir {copy} "
+            "--overwrite" in message
+        )
+
+
+def test_check_readable_of_a_plain_sequence(source):
+    ip.check_readable(source, dataset="synthetic_rgbd/tiny", data_dir="/d")
+
+    class Broken(list):
+        def __getitem__(self, i):
+            raise RuntimeError("Corrupted Riegeli/records file")
+
+    with pytest.raises(ip.CorruptDataError, match="record 0 .*Corrupted Riegeli"):
+        ip.check_readable(Broken(source), dataset="synthetic_rgbd/tiny", data_dir="/d")

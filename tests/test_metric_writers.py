@@ -1,5 +1,6 @@
 """Tests for drd_jax.metric_writers."""
 
+import errno
 import json
 import pathlib
 import struct
@@ -10,6 +11,8 @@ import pytest
 from tensorboardX.proto import event_pb2
 from tensorboardX.record_writer import masked_crc32c
 
+from drd_jax import metric_writers
+from drd_jax.files import DiskFullError
 from drd_jax.metric_writers import MetricWriter, read_jsonl
 
 
@@ -147,3 +150,52 @@ def test_inactive_writer_writes_nothing(tmp_path):
         w.write_scalars(1, {"loss": 1.0})
         assert w.truncate_after(0) == 0
     assert not (tmp_path / "w").exists()
+
+
+def snapshot(directory: pathlib.Path) -> dict[str, tuple[int, int, int]]:
+    """``{relative path: (size, mtime_ns, inode)}`` of everything under ``directory``."""
+    return {
+        str(p.relative_to(directory)): (p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_ino)
+        for p in sorted(directory.rglob("*"))
+    }
+
+
+def test_resuming_at_the_end_rewrites_nothing(tmp_path, monkeypatch):
+    """Readers never write: a log with nothing to drop is left as it is (a read-only run works)."""
+    w = MetricWriter(tmp_path, tensorboard=False, curves_on_close=False)
+    for step in (1, 2, 3):
+        w.write_scalars(step, {"loss": 1.0})
+    w.close()
+    before = snapshot(tmp_path)
+
+    def no_writes(*args, **kwargs):
+        raise AssertionError("rewrote metrics.jsonl")
+
+    monkeypatch.setattr(metric_writers, "atomic_write_text", no_writes)
+    w = MetricWriter(tmp_path, resume_step=3, tensorboard=False, curves_on_close=False)
+    assert w.truncate_after(3) == 0 and w.truncate_after(10) == 0
+    w.close()
+    assert snapshot(tmp_path) == before
+    assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2, 3]
+
+
+class _FullFile:
+    """A file object on a full disk."""
+
+    def write(self, text):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    flush = write
+
+    def close(self):
+        pass
+
+
+def test_disk_full_names_the_log(tmp_path):
+    w = MetricWriter(tmp_path, tensorboard=False, curves_on_close=False)
+    w._file = _FullFile()
+    with pytest.raises(DiskFullError) as info:
+        w.write_scalars(1, {"loss": 1.0})
+    assert info.value.errno == errno.ENOSPC
+    assert str(tmp_path / "metrics.jsonl") in str(info.value)
+    assert "no space left" in str(info.value)

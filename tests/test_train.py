@@ -6,6 +6,7 @@ runs under the same setting.
 """
 
 import json
+import logging
 import math
 import os
 import pathlib
@@ -22,7 +23,7 @@ from helpers import tiny
 from drd_jax import config as config_lib
 from drd_jax import input_pipeline, parallel, runs, steps, train
 from drd_jax import state as state_lib
-from drd_jax.checkpointing import Checkpointer
+from drd_jax.checkpointing import Checkpointer, UnreadableCheckpointError
 from drd_jax.metric_writers import read_jsonl
 from experiments.configs import synthetic
 
@@ -46,8 +47,9 @@ def teacher_run(data_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def baseline_run(data_dir, tmp_path_factory):
-    """The tiny baseline through the absl entry point, with a ``--config.<field>`` override.
+def baseline_proc(data_dir, tmp_path_factory):
+    """The tiny baseline through the absl entry point, with a ``--config.<field>`` override:
+    ``(workdir, stderr)``.
 
     A subprocess: config_flags registers the override flags from ``sys.argv`` at import time.
     """
@@ -73,7 +75,21 @@ def baseline_run(data_dir, tmp_path_factory):
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["mode"] == "baseline" and summary["steps"] == 4
-    return workdir
+    return workdir, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def baseline_run(baseline_proc):
+    """The workdir of :func:`baseline_proc` (read it, never write to it: copy it first)."""
+    return baseline_proc[0]
+
+
+def test_entry_point_logs_quietly(baseline_proc):
+    """No orbax INFO dumps, no 'tracked_metric' warning per save, no tqdm frames."""
+    lines = baseline_proc[1].splitlines()
+    assert not [line for line in lines if "orbax" in line or "checkpoint_manager" in line]
+    assert "tracked_metric" not in baseline_proc[1] and "\r" not in baseline_proc[1]
+    assert len(lines) < 40, "\n".join(lines)
 
 
 def test_entry_point_baseline_writes_final_metrics(baseline_run):
@@ -308,6 +324,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
         ({"init": "imagenet"}, "pretrained_path"),
         ({"learning_rate": -1.0}, "learning_rate"),
         ({"batch_size": 0}, "batch_size"),
+        ({"batch_size": 3}, "batch_size"),  # not divisible by the 2 devices
         ({"momentum": 1.0}, "momentum"),
         ({"dropout_rate": 1.0}, "dropout_rate"),
         ({"crop_size": (32,)}, "crop_size"),
@@ -381,3 +398,89 @@ def test_learning_rate_schedule_and_optimizers(data_dir):
             np.testing.assert_allclose(updates["w"], -0.1 * (2.0 + 0.5), rtol=1e-6)
         else:  # Adam's first step is -lr * sign(g + wd * w)
             np.testing.assert_allclose(updates["w"], -0.1, rtol=1e-4)
+
+
+def copy_run(workdir, tmp_path) -> pathlib.Path:
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    return copy
+
+
+def snapshot(directory: pathlib.Path) -> dict[str, tuple[int, int, int]]:
+    """``{relative path: (size, mtime_ns, inode)}`` of everything under ``directory``."""
+    return {
+        str(p.relative_to(directory)): (p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_ino)
+        for p in sorted([directory, *directory.rglob("*")])
+    }
+
+
+def test_a_refused_start_leaves_the_workdir_to_the_corrected_config(data_dir, tmp_path):
+    workdir = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"config\.batch_size.*divisible"):
+        train.train_and_evaluate(tiny(data_dir, batch_size=3), workdir)
+    assert not workdir.exists()
+    # What a refused start used to leave: the config.json of its config, and no checkpoint.
+    refused = config_lib.fingerprint(tiny(data_dir, batch_size=3))
+    Checkpointer(workdir, config_fingerprint=refused).close()
+    corrected = tiny(data_dir, batch_size=2, num_train_steps=2)
+    assert train.train_and_evaluate(corrected, workdir)["steps"] == 2
+    body = json.loads((workdir / "config.json").read_text())
+    assert body["config_fingerprint"] == config_lib.fingerprint(corrected)
+
+
+def test_a_finished_run_is_read_without_writing(baseline_run, data_dir, tmp_path):
+    """Readers never write (a finished run on a read-only file system): rerunning the training
+    command, ``load_run``, ``read_jsonl`` and ``reproduce.eval_curves`` change nothing."""
+    from experiments import reproduce
+
+    workdir = copy_run(baseline_run, tmp_path)
+    before = snapshot(workdir)
+    assert train.train_and_evaluate(tiny(data_dir), workdir) == read_final(workdir)
+    assert runs.load_run(workdir).step == 4
+    assert runs.load_run(workdir, checkpoint="latest").step == 4
+    assert len(read_jsonl(workdir / "metrics.jsonl")) == 5
+    assert reproduce.eval_curves({"bl": workdir})["bl"][0][0] == 4
+    assert snapshot(workdir) == before
+
+
+def truncate_largest_file(step_dir: pathlib.Path) -> pathlib.Path:
+    path = max((p for p in step_dir.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    os.truncate(path, path.stat().st_size // 2)
+    return path
+
+
+def test_a_damaged_checkpoint_is_named_and_resume_falls_back_past_it(
+    baseline_run, data_dir, tmp_path, caplog
+):
+    expected = read_final(baseline_run)
+    workdir = copy_run(baseline_run, tmp_path)
+    damaged = workdir / "checkpoints" / "4"
+    truncate_largest_file(damaged)
+    # Readers: one line naming the damaged checkpoint and what to do.
+    for which in ("best", "latest"):
+        with pytest.raises(UnreadableCheckpointError) as info:
+            runs.load_run(workdir, checkpoint=which)
+        message = str(info.value)
+        assert str(damaged) in message and "\n" not in message and "step 2" in message
+    # The training command falls back to step 2, keeps the damaged step, and ends as before.
+    with caplog.at_level(logging.INFO):
+        result = train.train_and_evaluate(tiny(data_dir), workdir)
+    assert result == expected
+    assert re.search(r"resumed .* at step 2\b", caplog.text)
+    assert str(damaged) in caplog.text
+    assert (workdir / "damaged_checkpoints" / "4").is_dir()
+    records = read_jsonl(workdir / "metrics.jsonl")
+    assert [r["step"] for r in records if r["split"] == "train"] == [1, 2, 3, 4]
+    assert [r["step"] for r in records if r["split"] == "eval"] == [4]
+    assert runs.load_run(workdir).step == 4
+
+
+def test_a_corrupt_shard_is_refused_before_anything_is_written(data_dir, tmp_path):
+    copy = tmp_path / "data"
+    shutil.copytree(data_dir, copy)
+    (shard,) = copy.rglob("synthetic_rgbd-test.array_record-*")
+    os.truncate(shard, shard.stat().st_size // 2)
+    with pytest.raises(input_pipeline.CorruptDataError) as info:
+        train.train_and_evaluate(tiny(str(copy)), tmp_path / "run")
+    assert str(shard) in str(info.value) and "tfds_builders.build" in str(info.value)
+    assert not (tmp_path / "run").exists()
