@@ -54,3 +54,33 @@ def shared_data() -> pathlib.Path:
     if not path.is_dir():
         pytest.skip(f"real dataset fixtures not found at {path}")
     return path
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """``mount(size) -> path``: a tmpfs of ``size`` (e.g. ``'1m'``) under ``tmp_path``, unmounted
+    after the test; skips without root or permission to mount (a disk that fills up for real)."""
+    import shutil
+    import subprocess
+
+    mounted = []
+
+    def mount(size: str) -> pathlib.Path:
+        path = tmp_path / f"tmpfs_{len(mounted)}"
+        path.mkdir()
+        if os.geteuid() != 0 or shutil.which("mount") is None:
+            pytest.skip("mounting a small tmpfs needs root")
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode:
+            pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in mounted:
+        subprocess.run(["umount", "-l", str(path)], check=False)

@@ -6,7 +6,6 @@ import logging
 import os
 import pathlib
 import shutil
-import subprocess
 
 import flax.linen as nn
 import jax
@@ -367,22 +366,9 @@ def test_orbax_logs_again_at_verbosity_1(tmp_path, caplog, absl_info):
 
 
 @pytest.fixture
-def small_fs(tmp_path):
-    """A 1 MiB tmpfs (needs root and permission to mount; skips otherwise)."""
-    mount = tmp_path / "small_fs"
-    mount.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a small tmpfs needs root")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode:
-        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+def small_fs(small_tmpfs):
+    """A 1 MiB tmpfs (skips without root or permission to mount)."""
+    return small_tmpfs("1m")
 
 
 def fill(directory: pathlib.Path, keep_free: int = 0) -> pathlib.Path:

@@ -23,22 +23,9 @@ NUM_STEPS = 12
 
 
 @pytest.fixture
-def small_fs(tmp_path):
-    """A 4 MiB tmpfs."""
-    mount = tmp_path / "small_fs"
-    mount.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a small tmpfs needs root")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode:
-        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+def small_fs(small_tmpfs):
+    """A 4 MiB tmpfs (skips without root or permission to mount)."""
+    return small_tmpfs("4m")
 
 
 def train(workdir, data_dir) -> subprocess.CompletedProcess:
