@@ -6,12 +6,12 @@ any training, so each takes only the start-up time.
 """
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
 
 import pytest
+from helpers import run_command
 
 from experiments import cli
 
@@ -20,16 +20,7 @@ TINY = "--config=experiments/configs/synthetic.py:tiny"
 
 
 def run(module: str, *args, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="1", JAX_PLATFORMS="cpu")
-    return subprocess.run(
-        [sys.executable, "-m", f"experiments.{module}", *map(str, args)],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=timeout,
-    )
+    return run_command([sys.executable, "-m", f"experiments.{module}", *args], timeout=timeout)
 
 
 def assert_one_line_error(proc, *fragments):

@@ -8,17 +8,12 @@ permission to mount, skips otherwise (``tests/test_checkpointing.py`` and
 
 import errno
 import json
-import os
-import pathlib
 import shutil
 import subprocess
-import sys
 
 import pytest
+from helpers import run_command, train_command
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-CONFIG_FILE = REPO_ROOT / "experiments" / "configs" / "synthetic.py"
-ENV = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="1", JAX_PLATFORMS="cpu")
 NUM_STEPS = 12
 
 
@@ -29,25 +24,8 @@ def small_fs(small_tmpfs):
 
 
 def train(workdir, data_dir) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.train",
-            f"--config={CONFIG_FILE}:tiny",
-            f"--workdir={workdir}",
-            f"--config.data_dir={data_dir}",
-            "--config.mode=baseline",
-            f"--config.num_train_steps={NUM_STEPS}",
-            "--config.checkpoint_every_steps=2",
-        ],
-        cwd=REPO_ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
+    overrides = (f"--config.num_train_steps={NUM_STEPS}", "--config.checkpoint_every_steps=2")
+    return run_command(train_command(workdir, data_dir, *overrides))
 
 
 def fingerprint(workdir) -> str:

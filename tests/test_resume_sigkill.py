@@ -20,15 +20,13 @@ import pathlib
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
+from helpers import REPO_ROOT, SUBPROCESS_ENV, run_command, train_command
 
 from drd_jax.metric_writers import read_jsonl
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-CONFIG_FILE = REPO_ROOT / "experiments" / "configs" / "synthetic.py"
 NUM_STEPS = 16
 CKPT_EVERY = 2
 TMP_MARK = ".orbax-checkpoint-tmp"
@@ -36,32 +34,17 @@ TIMEOUT_S = 300
 
 
 def command(workdir, data_dir, mode):
-    return [
-        sys.executable,
-        "-m",
-        "experiments.train",
-        f"--config={CONFIG_FILE}:tiny",
-        f"--workdir={workdir}",
-        f"--config.data_dir={data_dir}",
-        f"--config.mode={mode}",
+    return train_command(
+        workdir,
+        data_dir,
         f"--config.num_train_steps={NUM_STEPS}",
         f"--config.checkpoint_every_steps={CKPT_EVERY}",
-    ]
-
-
-ENV = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="1", JAX_PLATFORMS="cpu")
+        mode=mode,
+    )
 
 
 def run_to_end(cmd) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        cmd,
-        cwd=REPO_ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=TIMEOUT_S,
-    )
+    proc = run_command(cmd, timeout=TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -91,7 +74,7 @@ def kill_mid_run(cmd, workdir, log_dir) -> tuple[list[int], list[str]]:
     possible. Returns the committed steps and the tmp directories left behind."""
     # Output to files, not pipes: orbax logs a lot and a full pipe would stall the child.
     with open(log_dir / "killed.out", "w") as out, open(log_dir / "killed.err", "w") as err:
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=ENV, stdout=out, stderr=err)
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=SUBPROCESS_ENV, stdout=out, stderr=err)
         try:
             deadline = time.monotonic() + TIMEOUT_S
             while proc.poll() is None and time.monotonic() < deadline:

@@ -2,7 +2,6 @@
 the workdir and the holder's pid and host; a lock left by a killed run never blocks a resume."""
 
 import os
-import pathlib
 import signal
 import socket
 import subprocess
@@ -10,12 +9,9 @@ import sys
 import time
 
 import pytest
+from helpers import REPO_ROOT, run_command, train_command
 
 from drd_jax.workdir_lock import WorkdirLock, WorkdirLockedError
-
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-CONFIG_FILE = REPO_ROOT / "experiments" / "configs" / "synthetic.py"
-ENV = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="1", JAX_PLATFORMS="cpu")
 
 # A process that takes the lock, says so, and holds it until killed.
 HOLDER = """
@@ -62,32 +58,12 @@ def test_lock_of_a_sigkilled_process_does_not_block(tmp_path):
     WorkdirLock(tmp_path).acquire().release()
 
 
-def train_command(workdir, data_dir) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "experiments.train",
-        f"--config={CONFIG_FILE}:tiny",
-        f"--workdir={workdir}",
-        f"--config.data_dir={data_dir}",
-        "--config.mode=baseline",
-    ]
-
-
 def test_a_second_training_process_is_refused_and_a_killed_one_does_not_block(data_dir, tmp_path):
     workdir = tmp_path / "run"
     holder = start_holder(workdir)  # a live run holds the workdir
     try:
         started = time.monotonic()
-        proc = subprocess.run(
-            train_command(workdir, data_dir),
-            cwd=REPO_ROOT,
-            env=ENV,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=300,
-        )
+        proc = run_command(train_command(workdir, data_dir))
         seconds = time.monotonic() - started
     finally:
         holder.send_signal(signal.SIGKILL)
@@ -97,14 +73,6 @@ def test_a_second_training_process_is_refused_and_a_killed_one_does_not_block(da
     assert not (workdir / "checkpoints").exists() and not (workdir / "metrics.jsonl").exists()
     print(f"refused after {seconds:.1f} s (process start included)")
     # The holder was killed with SIGKILL: its lock file is left, and does not block a run.
-    proc = subprocess.run(
-        train_command(workdir, data_dir),
-        cwd=REPO_ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
+    proc = run_command(train_command(workdir, data_dir))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (workdir / "final_metrics.json").is_file()
