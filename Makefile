@@ -1,5 +1,6 @@
 # The two commands of the quick start: `make demo` and `make test`.
-# Both create .venv on first use from requirements.txt (pinned) and install drd_jax in editable mode.
+# Both create .venv on first use from requirements.txt (pinned) and install drd_jax in editable mode,
+# built with the pinned setuptools (no build isolation: nothing is downloaded to build it).
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -8,7 +9,7 @@ STAMP := $(VENV)/.installed
 .PHONY: install demo test lint format bench bench-gpu gpu-wheels clean
 
 # GPU or TPU: `make install JAX_ACCELERATOR=cuda13` (or cuda12, tpu) adds jax's accelerator
-# plugin at the pinned jax version (README, "Installing on a GPU or TPU").
+# plugin at the pinned jax version (README, "Install", "On a GPU or TPU").
 JAX_ACCELERATOR ?=
 JAX_VERSION := $(shell sed -n 's/^jax==//p' requirements.txt)
 
@@ -21,7 +22,7 @@ $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
-	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 # The main job: Tables 1 and 3 on the embedded synthetic_rgbd data (built on first use) with a

@@ -513,6 +513,19 @@ class Checkpointer:
         """The kept step with the best ``best_metric``; ``None`` if no save had metrics."""
         return self._manager.best_step()
 
+    def metrics(self, step: int) -> dict | None:
+        """The eval metrics saved with ``step`` (``save(metrics=...)``; non-finite values are
+        None), or None when it was saved without. ``FileNotFoundError`` when there is no such
+        checkpoint, :class:`UnreadableCheckpointError` when its metadata cannot be read."""
+        self.wait()
+        step = self._existing_step(step)
+        try:
+            found = self._manager.metadata(step).metrics
+        except Exception as e:  # noqa: BLE001 - orbax raises several types for a damaged step
+            _io_failed()
+            raise self._unreadable(step, e) from e
+        return dict(found) if found else None
+
     # -- save / restore -------------------------------------------------------------------------
 
     def should_save(self, step: int) -> bool:

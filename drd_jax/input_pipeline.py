@@ -60,10 +60,12 @@ import importlib
 from collections.abc import Sequence
 from typing import Any
 
-import grain
 import numpy as np
 
 from drd_jax.data import transforms
+from drd_jax.extras import require
+
+grain = require("grain", extra="data")
 
 __all__ = [
     "IGNORE_LABEL",

@@ -19,10 +19,12 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import IO, Any
 
 import numpy as np
-from tqdm import tqdm
 
+from drd_jax.extras import require
 from drd_jax.metric_writers import MetricWriter
 from drd_jax.parallel import DataParallel
+
+tqdm = require("tqdm", extra="train").tqdm
 
 __all__ = ["NOT_LOGGED", "LineProgress", "TrainLog", "evaluate", "progress_bar", "run_steps"]
 

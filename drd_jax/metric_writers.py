@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from drd_jax.extras import require
 from drd_jax.files import atomic_write_text, disk_full_error, is_disk_full
 
 __all__ = ["MetricWriter", "read_jsonl"]
@@ -142,9 +143,8 @@ class MetricWriter:
             self.truncate_after(resume_step)
         self._file = open(self.jsonl_path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close)
         if tensorboard:
-            from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(
+            summary_writer = require("tensorboardX", extra="train").SummaryWriter
+            self._tb = summary_writer(
                 logdir=str(self.tensorboard_dir),
                 purge_step=None if resume_step is None else int(resume_step) + 1,
                 flush_secs=30,

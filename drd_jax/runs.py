@@ -19,17 +19,19 @@ import pathlib
 from typing import Any, NamedTuple
 
 import jax
-import ml_collections
 import numpy as np
 
 from drd_jax import input_pipeline, loop, metrics
 from drd_jax.checkpointing import Checkpointer, UnreadableCheckpointError
 from drd_jax.config import TEACHER_CHECKPOINTS, field_error, fingerprint, resolve_data_dir
+from drd_jax.extras import require
 from drd_jax.files import atomic_write_text
 from drd_jax.models import DeepLabVGG16
 from drd_jax.parallel import DataParallel
 from drd_jax.state import create_train_state, make_model, params_fingerprint
 from drd_jax.steps import eval_step, jitted_predict
+
+ml_collections = require("ml_collections", extra="train")
 
 __all__ = [
     "FINAL_METRICS_NAME",

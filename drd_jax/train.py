@@ -58,7 +58,6 @@ from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import jax
-import ml_collections
 import numpy as np
 
 from drd_jax import distillation as distillation_lib
@@ -66,12 +65,15 @@ from drd_jax import input_pipeline, loop, runs
 from drd_jax.checkpointing import Checkpointer, check_workdir_config
 from drd_jax.config import field_error, fingerprint, resolve_data_dir, validate_config
 from drd_jax.divergence import DivergenceMonitor, TrainingDivergedError
+from drd_jax.extras import require
 from drd_jax.files import DiskFullError, disk_full_error, is_disk_full
 from drd_jax.metric_writers import MetricWriter
 from drd_jax.parallel import DataParallel, main_process_first
 from drd_jax.state import create_train_state, make_model
 from drd_jax.steps import eval_step, make_train_step
 from drd_jax.workdir_lock import WorkdirLock, WorkdirLockedError
+
+ml_collections = require("ml_collections", extra="train")
 
 __all__ = ["train_and_evaluate"]
 

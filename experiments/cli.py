@@ -12,6 +12,12 @@
   are shown; library INFO (orbax, TFDS, JAX's platform probing), TFDS's progress bars in a
   non-TTY log and known harmless warnings (:data:`NOISE`) are not. ``--verbosity=1`` shows
   everything.
+* **Help lists the config's fields.** ``--help`` (``-h``, ``-?``, ``--helpshort``;
+  ``--helpfull`` for every module's flags) with a ``--config=<file>[:<variant>]`` prints absl's
+  usual help, then every config field as ``--config.<name>=<value>`` with its value in that
+  config (``--config.<field>`` overrides included), its one-line meaning and allowed values,
+  grouped by section (``drd_jax.config.describe_fields``), and exits 0 without running anything.
+  Without ``--config`` the help says how to list them (:func:`print_help`).
 
 A user error is an exception of :data:`USER_ERROR_TYPES` raised by one of
 :data:`CHECKING_MODULES`, the code that checks what the user gave (configs, flags, workdirs,
@@ -30,18 +36,21 @@ import re
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from absl import app, flags
 from absl import logging as absl_logging
 
 __all__ = [
     "CHECKING_MODULES",
+    "HELP_ARGS",
     "NOISE",
     "USAGE_EXIT",
     "USER_ERROR_TYPES",
     "fail",
     "is_user_error",
     "parse_flags",
+    "print_help",
     "quiet_logs",
     "run",
     "unknown_override",
@@ -71,6 +80,17 @@ CHECKING_MODULES = (
     "experiments/",
     "tfds_builders/",
 )
+# The arguments that ask for help ('short': the main module's flags, 'full': every module's).
+HELP_ARGS = {
+    "--help": "short",
+    "-help": "short",
+    "-h": "short",
+    "-?": "short",
+    "--helpshort": "short",
+    "-helpshort": "short",
+    "--helpfull": "full",
+    "-helpfull": "full",
+}
 # Library messages that say nothing a user can act on (regular expressions, matched at the start).
 NOISE = (
     r"OpenCV is not installed",  # TFDS decodes images with PIL instead: correct, and fast enough
@@ -159,13 +179,6 @@ def unknown_override(config, config_flag: str, path: str) -> str | None:
     return None
 
 
-def _loaded_config(name: str):
-    """The value of config flag ``name``; ``OSError`` if its file did not load."""
-    value = flags.FLAGS[name].value
-    _fields(value)  # ml_collections defers a load failure to the first access
-    return value
-
-
 def _config_given(argv: Sequence[str], name: str):
     """The config that ``--<name>=<file>[:<arg>]`` in ``argv`` loads (None when not given).
 
@@ -204,17 +217,16 @@ def _flags_error_message(error: flags.Error) -> str:
     return _one_line(str(error))
 
 
-def parse_flags(argv: Sequence[str], *, config_flags: Sequence[str] = ("config",)) -> list[str]:
-    """``FLAGS(argv)`` for ``app.run``: a flag error is one line and exit status 2.
-
-    Also loads every config flag in ``config_flags`` now, so a config file that does not exist
-    (which ml_collections reports only at first use) is a flag error too.
-
-    Returns:
-      The arguments that are not flags (``argv[0]`` first), as ``absl.flags`` returns them.
-    """
+def _parse(
+    flag_values: flags.FlagValues,
+    argv: Sequence[str],
+    config_flags: Sequence[str],
+    *,
+    known_only: bool = False,
+) -> list[str]:
+    """``flag_values(argv)``, a flag error or a config file that does not load being one line."""
     try:
-        args = flags.FLAGS(list(argv))
+        args = flag_values(list(argv), known_only=known_only)
     except flags.Error as e:
         fail(_flags_error_message(e))
     except (AttributeError, KeyError, ValueError, TypeError):
@@ -225,11 +237,80 @@ def parse_flags(argv: Sequence[str], *, config_flags: Sequence[str] = ("config",
         fail(reason)
     for name in config_flags:
         try:
-            _loaded_config(name)
+            _fields(flag_values[name].value)  # ml_collections defers a load failure to first use
         except OSError as e:
-            given = flags.FLAGS[name].serialize()
+            given = flag_values[name].serialize()
             fail(f"{given}: the config file did not load ({_last_line(e)})")
     return args
+
+
+def parse_flags(argv: Sequence[str], *, config_flags: Sequence[str] = ("config",)) -> list[str]:
+    """``FLAGS(argv)`` for ``app.run``: a flag error is one line and exit status 2.
+
+    Also loads every config flag in ``config_flags`` now, so a config file that does not exist
+    (which ml_collections reports only at first use) is a flag error too. With config flags, a
+    help argument (:data:`HELP_ARGS`) prints :func:`print_help` and exits 0 instead.
+
+    Returns:
+      The arguments that are not flags (``argv[0]`` first), as ``absl.flags`` returns them.
+    """
+    if config_flags and _help_asked(argv):
+        print_help(argv, config_flags=config_flags)
+    return _parse(flags.FLAGS, argv, config_flags)
+
+
+def _help_asked(argv: Sequence[str]) -> str | None:
+    """``'short'`` or ``'full'`` when ``argv`` asks for help (before any ``--``), else None."""
+    for arg in argv[1:]:
+        if arg == "--":
+            break
+        if arg in HELP_ARGS:
+            return HELP_ARGS[arg]
+    return None
+
+
+def _config_for_help(argv: Sequence[str], name: str):
+    """The config that ``--<name>=<file>[:<arg>]`` and its overrides in ``argv`` give (None: no
+    ``--<name>``), parsed on its own, so the other flags (a missing ``--workdir``) do not matter."""
+    from ml_collections import config_flags as ml_config_flags
+
+    if not any(re.match(rf"^--?{re.escape(name)}(=|$)", arg) for arg in argv[1:]):
+        return None
+    own = flags.FlagValues()
+    ml_config_flags.DEFINE_config_file(
+        name, None, flag_values=own, lock_config=True, sys_argv=list(argv)
+    )
+    _parse(own, argv, [name], known_only=True)
+    return own[name].value
+
+
+def print_help(argv: Sequence[str], *, config_flags: Sequence[str] = ("config",)) -> NoReturn:
+    """absl's help, then the fields of each config given in ``argv``; exits 0.
+
+    ``--helpfull`` in ``argv`` shows every module's flags, anything else the main module's. Each
+    config flag given (``--<name>=<file>[:<arg>]``, with its ``--<name>.<field>`` overrides) adds
+    ``drd_jax.config.describe_fields`` of that config; one not given, a line saying how to list
+    them. Nothing is trained or written. A config that does not load, or an override naming no
+    field, is a one-line error (exit status 2), as without ``--help``.
+    """
+    from drd_jax.config import describe_fields
+
+    full = _help_asked(argv) == "full"
+    configs = {name: _config_for_help(argv, name) for name in config_flags}
+    app.usage(shorthelp=not full, writeto_stdout=True)
+    for name, config in configs.items():
+        print()
+        if config is None:
+            print(
+                f"Config fields: add --{name}=<file>[:<variant>] to --help to list every field\n"
+                f"of that config (--{name}.<name>=<value>, its meaning and allowed values)."
+            )
+        else:
+            print(describe_fields(config, flag=name), end="")
+    if not full:
+        print("\nTry --helpfull to get a list of all flags.")
+    sys.stdout.flush()
+    sys.exit(0)
 
 
 def _last_line(error: BaseException) -> str:

@@ -17,7 +17,8 @@ parameter sharing off and on, on the same teacher), or a comma-separated list. T
 ``drd_jax.train.train_and_evaluate``, teachers first; rows that are the same experiment share one
 run. A run whose ``final_metrics.json`` matches its config is reused,
 an interrupted one resumes, so rerunning the same command after a crash finishes the job.
-The base config's own ``mode``/``init``/``teacher_workdir`` are replaced per run.
+The base config's own ``mode``/``init``/``teacher_workdir`` are replaced per run; ``--help``
+with a ``--config`` lists every field with its value there, its meaning and allowed values.
 
 Writes, atomically, into ``<workdir>``:
 

@@ -1,25 +1,30 @@
-r"""Segment images with a trained drd-jax run (full resolution, one image at a time).
+r"""Segment images with a trained drd-jax run or its export (full resolution, one image at a time).
 
     python -m experiments.segment --checkpoint=/tmp/student --output_dir=/tmp/seg a.jpg b.png
     python -m experiments.segment --checkpoint=/tmp/teacher --output_dir=/tmp/seg \
         --depth=a_depth.png,b_depth.npy a.jpg b.png
+    python -m experiments.segment --checkpoint=/tmp/student_export --output_dir=/tmp/seg a.jpg
 
 ``--checkpoint`` is a workdir written by ``experiments.train``; its best-by-mIoU checkpoint is
-used (``--which=latest`` for the newest). Each image is read as RGB and normalised exactly as in
+used (``--which=latest`` for the newest). It may also be an export directory written by
+``experiments.export`` (``drd_jax.serving``): its params and the network rebuilt from its card
+then segment each image at full size (not its fixed-size ``model.stablehlo``); it is RGB only and
+``--which`` does not apply. Each image is read as RGB and normalised exactly as in
 evaluation (``drd_jax.data.transforms.normalize_image``), then run through the run's model at its
 own size. A teacher run (``config.mode == 'teacher'``, depth-aware) needs ``--depth``: one depth
 file per image, same order, comma-separated, each the image's size: a 16-bit PNG in millimetres or
 a ``.npy`` float array (H, W) in metres; 0 = no reading. A file whose median valid depth is over
 20 m is refused as not in those units (e.g. a ``.npy`` in millimetres); ``--depth_scale`` (metres
 per stored unit, e.g. 0.001) reads every depth file in the unit it names instead, unchecked.
-Other runs are RGB only and refuse ``--depth``.
+Other runs and exports are RGB only and refuse ``--depth``.
 
 Outputs in ``--output_dir`` (created if needed), for each image ``<stem>``:
 
 * ``<stem>_labels.png``: uint8 grey PNG of the predicted 0-based class ids;
 * ``<stem>_color.png``: the prediction coloured with ``drd_jax.visualize.class_palette``;
 
-and ``legend.json``: ``{"checkpoint", "step", "mode", "classes": [{"id", "name", "color"}]}``.
+and ``legend.json``: ``{"checkpoint", "step", "mode", "classes": [{"id", "name", "color"}]}``
+(for an export: its directory, and the step and mode of the run it was exported from).
 
 Faults: every input (images, depth files, their sizes, distinct stems) and the checkpoint are
 checked before anything runs; an error names the file and what was expected, nothing is written,
@@ -42,7 +47,9 @@ from PIL import Image
 
 from experiments import cli
 
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Workdir of a training run.")
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "Workdir of a training run, or an export directory (experiments.export)."
+)
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Directory for the outputs.")
 _WHICH = flags.DEFINE_enum("which", "best", ["best", "latest"], "Checkpoint of the run to use.")
 _DEPTH = flags.DEFINE_list(
@@ -251,11 +258,12 @@ def encode_png(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def predict_labels(run, inputs: list[Input]) -> list[np.ndarray]:
-    """Argmax class ids (uint8 (H, W)) of every input, one image at a time at its own size."""
+def predict_labels(network, inputs: list[Input]) -> list[np.ndarray]:
+    """Argmax class ids (uint8 (H, W)) of every input, one image at a time at its own size, by
+    ``network.predictor()`` (a run's or an export's)."""
     from drd_jax.data import transforms
 
-    predict = run.predictor()  # compiled once per distinct image size
+    predict = network.predictor()  # compiled once per distinct image size
     out = []
     for x in inputs:
         image = transforms.normalize_image(x.image)[None]  # as in evaluation
@@ -279,6 +287,49 @@ def write_outputs(files: dict[pathlib.Path, bytes]) -> None:
             raise SegmentError(f"cannot write {path}: {e}") from None
         if not existed:
             created.append(path)
+
+
+def load_network(checkpoint: str, *, which: str, depths: list[str] | None):
+    """``(network, legend head)`` of ``--checkpoint``: a run (``drd_jax.runs.RunCheckpoint``, its
+    ``which`` checkpoint) or an export directory (``drd_jax.serving.ExportedNetwork``; ``which``
+    does not apply); both have ``class_names`` and ``predictor()``. The head is legend.json's
+    ``{"checkpoint", "step", "mode"}``. ``SegmentError`` for a checkpoint that cannot be read or
+    that does not take ``depths`` (a teacher run needs them, every other network refuses them)."""
+    from drd_jax import runs, serving
+
+    if serving.is_export_dir(checkpoint):
+        if depths is not None:
+            raise SegmentError(
+                f"--checkpoint {checkpoint} is an exported network (RGB only) and does not use "
+                "depth: drop --depth"
+            )
+        try:
+            exported = serving.load_export(checkpoint)
+        except (FileNotFoundError, ValueError) as e:
+            raise SegmentError(f"--checkpoint: {e}") from None
+        source = exported.card.get("source") or {}  # the run it was exported from
+        step, mode = source.get("step"), source.get("mode")
+        return exported, {"checkpoint": str(exported.path), "step": step, "mode": mode}
+    try:
+        config, _ = runs.read_run_config(checkpoint)
+    except (FileNotFoundError, ValueError) as e:
+        raise SegmentError(f"--checkpoint: {e}") from None
+    mode = config.get("mode")
+    if mode == "teacher" and depths is None:
+        raise SegmentError(
+            f"--checkpoint {checkpoint} is a teacher run (depth-aware): give --depth with one "
+            "depth file per image"
+        )
+    if mode != "teacher" and depths is not None:
+        raise SegmentError(
+            f"--checkpoint {checkpoint} is a {mode!r} run (RGB only) and does not use depth: "
+            "drop --depth"
+        )
+    try:
+        run = runs.load_run(checkpoint, checkpoint=which)
+    except (FileNotFoundError, ValueError) as e:
+        raise SegmentError(f"--checkpoint: {e}") from None
+    return run, {"checkpoint": str(run.workdir), "step": run.step, "mode": mode}
 
 
 def segment(
@@ -307,28 +358,10 @@ def segment(
             if p.resolve() in resolved:
                 raise SegmentError(f"output {p} would overwrite the input image of that name")
 
-    from drd_jax import runs, visualize
+    from drd_jax import visualize
 
-    try:
-        config, _ = runs.read_run_config(checkpoint)
-    except (FileNotFoundError, ValueError) as e:
-        raise SegmentError(f"--checkpoint: {e}") from None
-    mode = config.get("mode")
-    if mode == "teacher" and depths is None:
-        raise SegmentError(
-            f"--checkpoint {checkpoint} is a teacher run (depth-aware): give --depth with one "
-            "depth file per image"
-        )
-    if mode != "teacher" and depths is not None:
-        raise SegmentError(
-            f"--checkpoint {checkpoint} is a {mode!r} run (RGB only) and does not use depth: "
-            "drop --depth"
-        )
-    try:
-        run = runs.load_run(checkpoint, checkpoint=which)
-    except (FileNotFoundError, ValueError) as e:
-        raise SegmentError(f"--checkpoint: {e}") from None
-    num_classes = len(run.class_names)
+    network, head = load_network(checkpoint, which=which, depths=depths)
+    num_classes = len(network.class_names)
     if not 1 <= num_classes <= MAX_CLASSES:
         raise SegmentError(
             f"--checkpoint {checkpoint}: {num_classes} classes; segment writes uint8 label maps "
@@ -340,7 +373,7 @@ def segment(
     except OSError as e:
         raise SegmentError(f"--output_dir {out_dir}: cannot create the directory ({e})") from None
 
-    labels = predict_labels(run, inputs)
+    labels = predict_labels(network, inputs)
     palette = visualize.class_palette(num_classes)
     files: dict[pathlib.Path, bytes] = {}
     for x, lab in zip(inputs, labels, strict=True):
@@ -348,12 +381,10 @@ def segment(
         files[labels_path] = encode_png(lab)
         files[color_path] = encode_png(visualize.colorize_labels(lab, palette))
     legend = {
-        "checkpoint": str(run.workdir),
-        "step": run.step,
-        "mode": mode,
+        **head,
         "classes": [
             {"id": k, "name": name, "color": palette[k].tolist()}
-            for k, name in enumerate(run.class_names)
+            for k, name in enumerate(network.class_names)
         ],
     }
     files[out_dir / LEGEND_NAME] = (json.dumps(legend, indent=2) + "\n").encode("utf-8")

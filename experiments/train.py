@@ -5,11 +5,12 @@ r"""Train and evaluate one drd-jax run (teacher, student or baseline).
     python -m experiments.train --config=experiments/configs/synthetic.py:tiny \
         --workdir=/tmp/bl --config.mode=baseline --config.num_train_steps=10
 
-Any config field can be overridden with ``--config.<field>=<value>``. Rerunning with the same
-config and workdir resumes from the latest checkpoint. ``--multihost`` calls
-``jax.distributed.initialize()`` first (one process per host), with ``--coordinator_address``,
-``--num_processes`` and ``--process_id`` or auto-detected coordinates
-(``experiments/multihost.py``).
+Any config field can be overridden with ``--config.<field>=<value>``; ``--help`` with a
+``--config`` lists them all, with their values in that config, meanings and allowed values
+(``drd_jax.config.FIELDS``), and exits. Rerunning with the same config and workdir resumes from
+the latest checkpoint. ``--multihost`` calls ``jax.distributed.initialize()`` first (one process
+per host), with ``--coordinator_address``, ``--num_processes`` and ``--process_id`` or
+auto-detected coordinates (``experiments/multihost.py``).
 
 A bad flag or config value stops the command before anything is written, with one line
 (``error: config.<field>: ...``) and exit status 2; ``--verbosity=1`` shows the full log

@@ -94,6 +94,29 @@ def test_reproduce_and_segment_user_errors_are_one_line(tmp_path):
     assert_one_line_error(proc, "--which")
 
 
+def test_help_with_a_config_lists_its_fields_and_exits_0(tmp_path):
+    """``--help`` with ``--config`` (and an override) prints absl's help, then every field with
+    its value in that config, meaning and allowed values; nothing runs, nothing is written."""
+    from drd_jax.config import FIELDS
+
+    workdir = tmp_path / "run"
+    proc = run("train", TINY, f"--workdir={workdir}", "--config.seed=7", "--help", timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not workdir.exists() and proc.stderr == ""
+    out = proc.stdout
+    assert "Train and evaluate one drd-jax run" in out and "--workdir:" in out  # absl's help
+    lines = out.splitlines()
+    assert "  --config.beta=0.9" in lines and "  --config.seed=7" in lines  # the override
+    words = " ".join(out.split())
+    assert " ".join(FIELDS["beta"].help.split()) in words
+    assert "(allowed: a finite number in (0, inf))" in words
+    assert all(f"  --config.{name}=" in out for name in FIELDS)
+    # Without --config it says how to list them.
+    proc = run("train", "-h", timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "add --config=<file>[:<variant>] to --help" in proc.stdout
+
+
 def test_default_log_is_quiet_and_verbosity_shows_the_libraries(tmp_path):
     """A tiny run on a fresh data dir: our INFO lines only (no orbax/TFDS/JAX INFO, no OpenCV
     warning, no "Downloading and preparing", no progress bar frames); stdout is the summary."""

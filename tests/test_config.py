@@ -1,16 +1,20 @@
-"""drd_jax.config: the messages of the per-field checks (issue 16)."""
+"""drd_jax.config: the messages of the per-field checks (issue 16), every field's one-line help
+and the list of fields that ``--help`` prints (issue 17)."""
 
 import math
 import re
+import shlex
 
 import ml_collections
 import pytest
 
 from drd_jax import config as config_lib
-from experiments.configs import synthetic
+from experiments.configs import base, synthetic
 
 NUMBER_FIELDS = {
-    name: check for name, check in config_lib.FIELDS.items() if isinstance(check, config_lib.Number)
+    name: field.check
+    for name, field in config_lib.FIELDS.items()
+    if isinstance(field.check, config_lib.Number)
 }
 UNBOUNDED = sorted(name for name, check in NUMBER_FIELDS.items() if math.isinf(check.hi))
 
@@ -51,3 +55,49 @@ def test_learning_rate_inf_message():
     assert _error("momentum", 1.0).endswith("must be a number in [0, 1), got 1.0")
     assert _error("batch_size", 1.5).endswith("must be an integer in [1, inf), got 1.5")
     assert _error("batch_size", "2").endswith("must be a number, got '2'")
+
+
+def _words(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_every_field_of_the_base_config_has_one_line_of_help():
+    """FIELDS (checks and meanings) covers exactly the fields base.py sets, each with its help."""
+    assert set(config_lib.FIELDS) == set(base.get_base_config())
+    assert config_lib.SECTIONS == (
+        "Data",
+        "Method",
+        "Optimisation",
+        "Execution",
+        "Logging, evaluation, checkpoints",
+    )
+    for name, field in config_lib.FIELDS.items():
+        assert isinstance(field, config_lib.Field), name
+        assert isinstance(field.help, str) and field.help.strip() == field.help != "", name
+        assert "\n" not in field.help and "\r" not in field.help, name
+        assert field.section in config_lib.SECTIONS, name
+
+
+def test_describe_fields_lists_every_field_with_its_value_help_and_allowed_values():
+    config = synthetic.get_config("tiny")
+    config.seed = 7
+    out = config_lib.describe_fields(config)
+    lines = out.splitlines()
+    assert lines[0].startswith("Config fields") and max(len(line) for line in lines) <= 100
+    words = _words(out)
+    for name, field in config_lib.FIELDS.items():
+        assert f"  --config.{name}={shlex.quote(str(config[name]))}" in lines, name
+        # Its help and allowed values follow its flag line, before the next field.
+        entry = words.split(f"--config.{name}=", 1)[1].split(" --config.", 1)[0]
+        assert _words(field.help) in entry, name
+        assert _words(config_lib.allowed_values(field.check)) in entry, name
+    assert "  --config.seed=7" in lines and "  --config.crop_size='(32, 32)'" in lines
+    assert "  --config.data_dir=''" in lines and "  --config.mode=teacher" in lines
+    assert "(allowed: an integer in [1, inf))" in words  # e.g. batch_size
+    assert "(allowed: one of 'baseline', 'teacher', 'student')" in words
+    # In sections, in order; a field FIELDS does not know is listed under "Other".
+    positions = [lines.index(f"{section}:") for section in config_lib.SECTIONS]
+    assert positions == sorted(positions)
+    extra = ml_collections.ConfigDict({**config.to_dict(), "my_field": 3})
+    extra_out = config_lib.describe_fields(extra, flag="base")
+    assert "Other:" in extra_out and "  --base.my_field=3" in extra_out.splitlines()

@@ -1,8 +1,10 @@
 """The fields every training config has, at the paper's settings (full-width DeepLab-VGG16).
 
 Dataset configs (``nyuv2.py``, ``sunrgbd.py``, ``synthetic.py``) start from :func:`get_base_config`
-and change what differs. Every field is checked by ``drd_jax.config.validate_config``; a wrong value
-raises ``ValueError`` naming it (``config.<field>: ...``).
+and change what differs. What each field means and may hold is written once, in
+``drd_jax.config.FIELDS``; ``python -m experiments.train --config=<file> --help`` lists every field
+with its value in that config. Every field is checked by ``drd_jax.config.validate_config``; a
+wrong value raises ``ValueError`` naming it (``config.<field>: ...``).
 """
 
 import ml_collections
@@ -13,48 +15,46 @@ def get_base_config() -> ml_collections.ConfigDict:
 
     The weight decay, poly power and augmentation follow the Depth-aware CNN training script (the
     paper names only the learning rate, batch size, α and β); see ``../shared/docs/ANCHORS.md``.
+    The other distillation methods are off (weight 0); their upstream weights are in their help.
     """
     c = ml_collections.ConfigDict()
+    # Meanings, units and allowed values: drd_jax.config.FIELDS (or --help with a --config).
     # Data.
-    c.dataset = ""  # '<builder>/<config>', e.g. 'nyuv2/40'
-    c.data_dir = ""  # '' = $DRD_DATA_DIR or ~/tensorflow_datasets
-    c.crop_size = (480, 640)  # (height, width) of training crops (padded with void if larger)
-    c.scale_range = (0.76, 1.75)  # random rescale before the crop
+    c.dataset = ""
+    c.data_dir = ""
+    c.crop_size = (480, 640)
+    c.scale_range = (0.76, 1.75)
     c.flip_prob = 0.5
     c.color_jitter = 0.0
-    c.num_workers = 0  # grain worker processes (0 = in-process threads)
+    c.num_workers = 0
     # Method.
-    c.mode = "teacher"  # 'baseline' | 'teacher' | 'student'
-    c.init = "scratch"  # 'scratch' | 'teacher' (parameter sharing) | 'imagenet'
-    c.teacher_workdir = ""  # student: the teacher run's workdir
-    c.teacher_checkpoint = "best"  # 'best' (by mean_iou) or 'latest'
-    c.pretrained_path = ""  # init='imagenet': VGG16 weights (.h5 / .pth / .npz)
-    c.vtce_weight = 1.0  # student: 0 gives BL+PS (with init='teacher')
+    c.mode = "teacher"
+    c.init = "scratch"
+    c.teacher_workdir = ""
+    c.teacher_checkpoint = "best"
+    c.pretrained_path = ""
+    c.vtce_weight = 1.0
     c.beta = 0.9
     c.alpha = 8.3
-    # Other distillation methods (student mode; weight 0 = off; drd_jax/distillation/terms.py). The
-    # upstream weights, for reference: pixel 10, pair 0.5, holistic 0.1 (Structured KD);
-    # adaptation 50 (a public Knowledge Adaptation port); affinity 1.
+    # The seed papers' distillation methods (drd_jax/distillation/terms.py).
     c.pixel_kd_weight = 0.0
     c.pair_kd_weight = 0.0
-    c.pair_kd_node_scale = 0.5  # node window = this fraction of the feature map (SKD: 0.5)
+    c.pair_kd_node_scale = 0.5
     c.holistic_kd_weight = 0.0
-    c.critic_learning_rate = 4e-4  # the holistic loss's WGAN-GP critic (Adam, β = 0.9, 0.99)
+    c.critic_learning_rate = 4e-4
     c.critic_gp_weight = 10.0
-    c.adaptation_weight = 0.0  # knowledge adaptation (auto-encoder codes + student adapter)
-    c.affinity_weight = 0.0  # on the KA codes when adaptation_weight > 0, else on the features
-    c.kd_feature_layer = "fc7"  # 'conv5_3' | 'fc6' | 'fc7': features of the feature losses
-    c.ka_code_features = 256  # auto-encoder code channels (scaled by width)
-    c.ka_autoencoder_steps = 2000  # auto-encoder pre-training steps on the teacher's features
-    c.ka_autoencoder_learning_rate = 1e-3  # Adam
-    c.depth_aware_layers = "all"  # 'all' (the paper) | 'block_first' (Depth-aware CNN's choice)
+    c.adaptation_weight = 0.0
+    c.affinity_weight = 0.0
+    c.kd_feature_layer = "fc7"
+    c.ka_code_features = 256
+    c.ka_autoencoder_steps = 2000
+    c.ka_autoencoder_learning_rate = 1e-3
+    c.depth_aware_layers = "all"
     c.width = 1.0
     c.dropout_rate = 0.5
-    # The network's compute dtype: 'float32' | 'bfloat16' (params, optimiser state and losses
-    # stay float32).
     c.dtype = "float32"
     # Optimisation.
-    c.optimizer = "sgd"  # 'sgd' | 'adam'
+    c.optimizer = "sgd"
     c.learning_rate = 2.5e-4
     c.momentum = 0.9
     c.weight_decay = 4e-4
@@ -62,23 +62,17 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.batch_size = 1
     c.num_train_steps = 100_000
     c.seed = 0
-    # Execution (left out of the config fingerprint: they do not change what is computed).
-    c.parallel = "jit"  # 'jit' (NamedSharding over a 'data' mesh) | 'pmap'
-    c.num_devices = 0  # 0 = all devices
-    c.stop_after_steps = 0  # > 0: save and stop at this step (resume later with the same config)
+    # Execution.
+    c.parallel = "jit"
+    c.num_devices = 0
+    c.stop_after_steps = 0
     c.progress_bar = True
-    c.write_curves = True  # <workdir>/curves.png when the run ends
-    # Stop when the cross-entropy exceeds this × its median over the last 100 steps (a loss that
-    # explodes while finite); nothing of that step is saved. 0 = off.
+    c.write_curves = True
     c.divergence_factor = 100.0
     # Logging, evaluation, checkpoints.
     c.log_every_steps = 100
-    c.eval_every_steps = 0  # 0 = evaluate only at the end
-    c.eval_batch_size = 0  # 0 = one image per device
-    # Evaluation pads every test image at the bottom/right into one (height, width) canvas, so one
-    # program is compiled for a split of mixed sizes; the network sees zeros outside each image,
-    # so its predictions there are those of the unpadded image. (0, 0): the split's largest size,
-    # found by reading the split once, and no padding at all where every image has one size.
+    c.eval_every_steps = 0
+    c.eval_batch_size = 0
     c.eval_pad_to = (0, 0)
     c.checkpoint_every_steps = 2000
     c.max_checkpoints_to_keep = 3
