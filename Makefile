@@ -36,9 +36,11 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# The suite runs in TEST_WORKERS pytest-xdist processes (2: CI's two cores; 0 = one process).
+TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

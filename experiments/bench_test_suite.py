@@ -1,13 +1,15 @@
 r"""Times the whole test suite of several git revisions side by side (interleaved, one venv).
 
     python -m experiments.bench_test_suite --revisions=6b47daa,HEAD --repeats=1
+    python -m experiments.bench_test_suite --revisions=HEAD --workers=0,2   # pytest-xdist -n
 
 Each revision is checked out in a temporary ``git worktree`` and its suite run with this
 interpreter (``python -m pytest -q``), ``PYTHONPATH`` set to that checkout, and the shared test
 data of this checkout (``$DRD_SHARED_DATA``, else ``../shared/data``), so only the code differs.
 Repeats are interleaved (A B A B ...) to spread the machine's noise over both. Prints one
 markdown row per revision: wall seconds of each repeat, their median, the ratio to the first
-revision's median, and pytest's summary line.
+revision's median, and pytest's summary line. ``--workers`` runs each revision once per worker
+count (``pytest -n W``, pytest-xdist; 0 = in one process), each count a row of its own.
 """
 
 from __future__ import annotations
@@ -26,16 +28,20 @@ from experiments import worktrees
 
 _REVISIONS = flags.DEFINE_list("revisions", ["HEAD~1", "HEAD"], "git revisions to compare.")
 _REPEATS = flags.DEFINE_integer("repeats", 1, "Runs of each revision's suite.")
+_WORKERS = flags.DEFINE_list(
+    "workers", ["0"], "pytest-xdist worker counts (pytest -n W; 0 = one process), each a row."
+)
 
 ROOT = worktrees.REPO_ROOT
 
 
-def run_suite(checkout: pathlib.Path, shared_data: str) -> tuple[float, str]:
-    """``(wall seconds, pytest's summary line)`` of the suite in ``checkout``."""
+def run_suite(checkout: pathlib.Path, shared_data: str, workers: int = 0) -> tuple[float, str]:
+    """``(wall seconds, pytest's summary line)`` of the suite in ``checkout``, run by ``workers``
+    pytest-xdist processes (0: in one process, as before xdist)."""
     env = {**os.environ, "PYTHONPATH": str(checkout), "DRD_SHARED_DATA": shared_data}
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", str(workers)],
         cwd=checkout,
         env=env,
         capture_output=True,
@@ -56,23 +62,34 @@ def main(argv):
         commits = worktrees.resolve(_REVISIONS.value)
     except ValueError as e:
         raise app.UsageError(f"--revisions: {e}") from None
-    times: dict[str, list[float]] = {rev: [] for rev in _REVISIONS.value}
-    summaries: dict[str, str] = {}
+    try:
+        workers = [int(w) for w in _WORKERS.value]
+    except ValueError:
+        raise app.UsageError(f"--workers: integers >= 0, got {_WORKERS.value}") from None
+    if not workers or min(workers) < 0:
+        raise app.UsageError(f"--workers: integers >= 0, got {_WORKERS.value}")
+    rows = [(rev, w) for rev in _REVISIONS.value for w in workers]
+    times: dict[tuple[str, int], list[float]] = {row: [] for row in rows}
+    summaries: dict[tuple[str, int], str] = {}
     with worktrees.checkouts(commits) as checkouts:
         for repeat in range(_REPEATS.value):
-            for rev, (commit, path) in checkouts.items():
-                seconds, summaries[rev] = run_suite(path, shared)
-                times[rev].append(seconds)
-                result = f"{seconds:.0f} s, {summaries[rev]}"
-                print(f"repeat {repeat} {rev} ({commit}): {result}", flush=True)
-    first = statistics.median(times[_REVISIONS.value[0]])
-    print("\n| revision | commit | seconds | median | ratio | pytest |")
-    print("|---|---|---|---:|---:|---|")
-    for rev, commit in commits.items():
-        median = statistics.median(times[rev])
-        each = ", ".join(f"{t:.0f}" for t in times[rev])
+            for rev, w in rows:
+                commit, path = checkouts[rev]
+                seconds, summaries[rev, w] = run_suite(path, shared, w)
+                times[rev, w].append(seconds)
+                result = f"{seconds:.0f} s, {summaries[rev, w]}"
+                print(f"repeat {repeat} {rev} ({commit}) -n {w}: {result}", flush=True)
+    first = statistics.median(times[rows[0]])
+    print("\n| revision | commit | workers | seconds | median | ratio | pytest |")
+    print("|---|---|---:|---|---:|---:|---|")
+    for rev, w in rows:
+        median = statistics.median(times[rev, w])
+        each = ", ".join(f"{t:.0f}" for t in times[rev, w])
         ratio = median / first
-        print(f"| {rev} | {commit} | {each} | {median:.0f} | {ratio:.2f} | {summaries[rev]} |")
+        print(
+            f"| {rev} | {commits[rev]} | {w} | {each} | {median:.0f} | {ratio:.2f} | "
+            f"{summaries[rev, w]} |"
+        )
 
 
 if __name__ == "__main__":
