@@ -1,7 +1,8 @@
 """Imports of the optional dependencies, with an error that names the extra to install.
 
-``pip install drd_jax`` brings the library alone (jax, flax, optax, numpy). The datasets and the
-input pipeline need ``drd_jax[data]``, training needs ``drd_jax[train]`` (pyproject.toml):
+``pip install drd_jax`` brings the library alone (jax, flax, optax, numpy, flatbuffers). The
+datasets and the input pipeline need ``drd_jax[data]``, training needs ``drd_jax[train]``
+(pyproject.toml):
 
     grain = require("grain", extra="data")
 """

@@ -25,6 +25,8 @@ SOURCES = ("pyproject.toml", "README.md", "LICENSE", "drd_jax", "tfds_builders")
 BUILDER_FILES = ("README.md", "CITATIONS.bib", "TAGS.txt", "checksums.tsv")
 # Modules of the extras, which `pip install drd_jax` alone must not bring.
 EXTRA_MODULES = ("grain", "tensorflow_datasets", "array_record", "ml_collections", "tensorboardX")
+# The fresh venv's processes see only what is installed there: no PYTHONPATH of the caller's.
+ISOLATED_ENV = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
 
 
 def readme_python_block(heading: str) -> str:
@@ -129,16 +131,18 @@ def test_installed_builders_keep_their_citation(wheel, tmp_path):
 
 @pytest.mark.slow
 def test_wheel_alone_in_a_fresh_venv_runs_the_readme_vtce_example(wheel, tmp_path):
-    """``pip install drd_jax`` (no extras) into a new venv brings jax, flax, optax and numpy and
-    nothing of the extras; the README's "use VTCE in your own project" example runs there against
-    the installed package, and an export (``drd_jax.serving``) is written and read back."""
+    """``pip install drd_jax`` (no extras) into a new venv brings jax, flax, optax, numpy and
+    flatbuffers and nothing of the extras; the README's "use VTCE in your own project" example
+    runs there against the installed package, and an export (``drd_jax.serving``) is written and
+    read back."""
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
     # The pinned versions (requirements.txt as constraints): the ones tested, and in pip's cache.
     run(
         [python, "-m", "pip", "install", "-q", "--no-compile", "--disable-pip-version-check"]
-        + ["-c", ROOT / "requirements.txt", wheel]
+        + ["-c", ROOT / "requirements.txt", wheel],
+        env=ISOLATED_ENV,
     )
     missing = run(
         [
@@ -148,6 +152,7 @@ def test_wheel_alone_in_a_fresh_venv_runs_the_readme_vtce_example(wheel, tmp_pat
             f"print(' '.join(m for m in {EXTRA_MODULES!r} if u.find_spec(m) is None))",
         ],
         cwd=tmp_path,
+        env=ISOLATED_ENV,
     ).stdout.split()
     assert missing == list(EXTRA_MODULES), "an extra's package came with the library alone"
 
@@ -157,7 +162,7 @@ def test_wheel_alone_in_a_fresh_venv_runs_the_readme_vtce_example(wheel, tmp_pat
         "import drd_jax\n"
         f"assert drd_jax.__file__.startswith({str(env_dir)!r}), drd_jax.__file__\n" + example
     )
-    out = run([python, script], cwd=tmp_path).stdout
+    out = run([python, script], cwd=tmp_path, env=ISOLATED_ENV).stdout
     assert re.fullmatch(r"T = 0\.1653, loss = \d+\.\d{4}, grad norm = \d\.\d{3}e[-+]\d\d\n", out)
 
     # An export (drd_jax.serving) is written and read back with the library alone.
@@ -175,11 +180,15 @@ def test_wheel_alone_in_a_fresh_venv_runs_the_readme_vtce_example(wheel, tmp_pat
         "want = model.apply({'params': params}, x)\n"
         "print(float(np.abs(np.asarray(net.call(x)) - np.asarray(want)).max()))\n"
     )
-    assert float(run([python, serving], cwd=tmp_path).stdout) < 1e-4
+    assert float(run([python, serving], cwd=tmp_path, env=ISOLATED_ENV).stdout) < 1e-4
 
     # What needs an extra says which one.
     err = subprocess.run(
-        [python, "-c", "import tfds_builders"], cwd=tmp_path, capture_output=True, text=True
+        [python, "-c", "import tfds_builders"],
+        cwd=tmp_path,
+        env=ISOLATED_ENV,
+        capture_output=True,
+        text=True,
     ).stderr
     assert "pip install 'drd_jax[data]'" in err, err
 
