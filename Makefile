@@ -36,11 +36,13 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-# The suite runs in TEST_WORKERS pytest-xdist processes (2: CI's two cores; 0 = one process).
+# The suite runs in TEST_WORKERS pytest-xdist processes (2: CI's two cores; 0 = one process),
+# each test file whole in one of them (--dist loadfile): a file's tests share module-scoped runs
+# and some build on the ones before them (test_reproduce's kd table reuses table 3's runs).
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

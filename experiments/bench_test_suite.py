@@ -9,7 +9,8 @@ data of this checkout (``$DRD_SHARED_DATA``, else ``../shared/data``), so only t
 Repeats are interleaved (A B A B ...) to spread the machine's noise over both. Prints one
 markdown row per revision: wall seconds of each repeat, their median, the ratio to the first
 revision's median, and pytest's summary line. ``--workers`` runs each revision once per worker
-count (``pytest -n W``, pytest-xdist; 0 = in one process), each count a row of its own.
+count (``pytest -n W --dist loadfile``, as ``make test``; 0 = in one process), each count a row of
+its own.
 """
 
 from __future__ import annotations
@@ -41,7 +42,18 @@ def run_suite(checkout: pathlib.Path, shared_data: str, workers: int = 0) -> tup
     env = {**os.environ, "PYTHONPATH": str(checkout), "DRD_SHARED_DATA": shared_data}
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", str(workers)],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-n",
+            str(workers),
+            "--dist",
+            "loadfile",
+        ],
         cwd=checkout,
         env=env,
         capture_output=True,

@@ -93,16 +93,15 @@ def run_config(base: ml_collections.ConfigDict, run, runs_dir: pathlib.Path):
 
 
 def train_or_reuse(config, workdir: pathlib.Path) -> tuple[dict, float, bool]:
-    """``(final_metrics, seconds, reused)``; reuses a finished run with the same config."""
+    """``(final_metrics, seconds, reused)``; reuses a finished run with the same config
+    (``runs.finished_run``: its final metrics, checked against its latest checkpoint)."""
     from drd_jax import config as config_lib
     from drd_jax import runs, train
 
-    final = workdir / runs.FINAL_METRICS_NAME
-    if final.is_file():
-        done = json.loads(final.read_text())
-        if done.get("config_fingerprint") == config_lib.fingerprint(config):
-            logging.info("reusing %s", workdir)
-            return done, 0.0, True
+    done = runs.finished_run(workdir, config_lib.fingerprint(config))
+    if done is not None:
+        logging.info("reusing %s", workdir)
+        return done, 0.0, True
     start = time.perf_counter()
     result = train.train_and_evaluate(config, workdir)
     if "stopped_at_step" in result:
