@@ -135,17 +135,6 @@ def _check_platforms(platforms: Sequence[str]) -> tuple[str, ...]:
     return platforms
 
 
-def _check_input_size(input_size: Sequence[int]) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in input_size)
-        ok = (h, w) == tuple(input_size) and h > 0 and w > 0
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ValueError(f"input_size must be (height, width), two ints > 0, got {input_size!r}")
-    return h, w
-
-
 def check_output_dir(output_dir: str | os.PathLike, *, overwrite: bool = False) -> pathlib.Path:
     """``output_dir`` as an absolute path, if an export may be written there.
 
@@ -319,7 +308,7 @@ def export_network(
     path = check_output_dir(output_dir, overwrite=overwrite)
     dtype = _check_dtype(dtype)
     platforms = _check_platforms(platforms)
-    input_size = _check_input_size(input_size)
+    input_size = transforms.check_size(input_size, "input_size")
     if not isinstance(model, DeepLabVGG16):
         raise ValueError(f"model must be a {MODEL_CLASS}, got {type(model).__name__}")
     if model.depth_aware:
@@ -514,7 +503,7 @@ def load_export(path: str | os.PathLike) -> ExportedNetwork:
         class_names = [str(c["name"]) for c in card["classes"]]
         dtype = _check_dtype(card["params"]["dtype"])
         model = _model_from_card(card["model"], card_path)
-        _check_input_size(card["input"]["size"])
+        transforms.check_size(card["input"]["size"], "input.size")
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{card_path}: not a valid export card ({type(e).__name__}: {e})") from e
     if model.num_classes != len(class_names):

@@ -179,6 +179,12 @@ def unknown_override(config, config_flag: str, path: str) -> str | None:
     return None
 
 
+def _flag_match(arg: str, name: str) -> re.Match | None:
+    """The match of ``arg`` as flag ``--<name>`` (or ``-<name>``), alone or ``=<value>``
+    (group 1: ``'='`` or ``''``); None for any other argument (``--<name>.<field>`` included)."""
+    return re.match(rf"^--?{re.escape(name)}(=|$)", arg)
+
+
 def _config_given(argv: Sequence[str], name: str):
     """The config that ``--<name>=<file>[:<arg>]`` in ``argv`` loads (None when not given).
 
@@ -186,7 +192,7 @@ def _config_given(argv: Sequence[str], name: str):
     has no value yet: its parser loads the file again.
     """
     for i, arg in enumerate(argv[1:], 1):
-        match = re.match(rf"^--?{re.escape(name)}(=|$)", arg)
+        match = _flag_match(arg, name)
         if match:
             value = arg[match.end() :] if match.group(1) else next(iter(argv[i + 1 : i + 2]), None)
             return None if value is None else flags.FLAGS[name].parser.parse(value)
@@ -274,7 +280,7 @@ def _config_for_help(argv: Sequence[str], name: str):
     ``--<name>``), parsed on its own, so the other flags (a missing ``--workdir``) do not matter."""
     from ml_collections import config_flags as ml_config_flags
 
-    if not any(re.match(rf"^--?{re.escape(name)}(=|$)", arg) for arg in argv[1:]):
+    if not any(_flag_match(arg, name) for arg in argv[1:]):
         return None
     own = flags.FlagValues()
     ml_config_flags.DEFINE_config_file(
