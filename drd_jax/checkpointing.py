@@ -5,7 +5,8 @@ A run's ``workdir`` holds::
 
     <workdir>/config.json          {"config_fingerprint": ..., "config": ...}, by the first run
     <workdir>/checkpoints/<step>/  state/ (the train-state pytree, StandardSave)
-                                   meta/  (JSON: config fingerprint and the caller's ``extra`` dict)
+                                   meta/  (JSON: config fingerprint, the state's content digest
+                                           and the caller's ``extra`` dict)
                                    metrics/ (JSON, only when eval metrics were passed to ``save``)
 
 Typical use in a training loop::
@@ -47,7 +48,13 @@ Guarantees and decisions:
   config but that holds no checkpoint (no step was trained, e.g. a start refused by a later
   check) takes the new config: ``config.json`` is rewritten, with a warning.
 * **Restore without a checkpoint raises** ``FileNotFoundError`` (check :meth:`latest_step` first).
-* **Damaged checkpoints.** A checkpoint that cannot be read (a truncated or lost file) raises
+* **Verified by content.** ``save`` records :func:`state_digest` of the state (SHA-256 of
+  every leaf's values) in ``meta``; every restore recomputes it on the restored state. Bytes
+  changed on disk that orbax reads back without complaint (a flipped bit in a data file) make
+  the digests differ, and the checkpoint counts as damaged (below). Checkpoints written before
+  digests were recorded, or of states sharded across hosts, are read unverified.
+* **Damaged checkpoints.** A checkpoint that cannot be read (a truncated or lost file, or a
+  digest that differs) raises
   :class:`UnreadableCheckpointError`, one line naming its directory and what to do. A writer
   resuming with ``restore(fall_back=True)`` instead restores the newest readable checkpoint and
   moves each newer unreadable one to ``<workdir>/damaged_checkpoints/<step>`` (never deleted),
@@ -98,6 +105,7 @@ __all__ = [
     "UnreadableCheckpointError",
     "check_workdir_config",
     "config_fingerprint",
+    "state_digest",
 ]
 
 _CONFIG_FILE = "config.json"
@@ -111,13 +119,14 @@ class UnreadableCheckpointError(ValueError):
     """A checkpoint cannot be read back (damaged, incomplete, or of another state's shape).
 
     The message is one line naming the checkpoint's directory and what to do; ``path`` is that
-    directory and ``step`` its step.
+    directory, ``step`` its step and ``reason`` what is wrong with it, in a few words.
     """
 
-    def __init__(self, message: str, *, path: pathlib.Path, step: int):
+    def __init__(self, message: str, *, path: pathlib.Path, step: int, reason: str = ""):
         super().__init__(message)
         self.path = path
         self.step = step
+        self.reason = reason or message
 
 
 def _reason(error: BaseException, limit: int = 240) -> str:
@@ -263,6 +272,53 @@ def _plain(value: Any) -> Any:
 def _tree_bytes(tree: Any) -> int:
     """Bytes of the array leaves of ``tree`` (in memory, uncompressed)."""
     return sum(int(getattr(x, "nbytes", 0)) for x in jax.tree.leaves(tree))
+
+
+def _host_leaf(leaf: Any) -> np.ndarray | None:
+    """One full host copy of a state leaf; None when no process holds all of it (an array
+    sharded across hosts)."""
+    if isinstance(leaf, jax.Array):
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)
+        if leaf.is_fully_addressable:
+            return np.asarray(leaf)
+        if leaf.is_fully_replicated:
+            return np.asarray(leaf.addressable_data(0))
+        return None
+    return np.asarray(leaf)
+
+
+def _canonical(array: np.ndarray) -> np.ndarray:
+    """``array``'s values in one dtype per kind (integers and booleans as int64, floats as
+    float64; both exact), so that a state restored into a template of a wider dtype (a Python
+    ``int`` step restores as int64) has the digest of the one saved."""
+    if array.dtype.kind in "biu":
+        return array.astype(np.int64)
+    if jax.numpy.issubdtype(array.dtype, jax.numpy.floating):
+        with np.errstate(invalid="ignore"):  # NaN/inf of narrow floats (ml_dtypes) warn
+            return array.astype(np.float64)
+    return array
+
+
+def state_digest(state: Any) -> str | None:
+    """SHA-256 of a state pytree's content: every leaf's shape and values, in tree order.
+
+    What a checkpoint records at save (``meta``) and :meth:`Checkpointer.restore` checks the
+    restored state against, so bytes damaged on disk are caught even when orbax reads them without
+    complaint. Values count in a canonical dtype (:func:`_canonical`): a restore into another
+    dtype of the same values matches. PRNG key arrays count by their key data. None when a leaf
+    is sharded across hosts (no process holds all of it): such a checkpoint is saved without a
+    digest.
+    """
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(state):
+        array = _host_leaf(leaf)
+        if array is None:
+            return None
+        array = _canonical(array)
+        h.update(f"{array.dtype.kind}{array.shape};".encode())
+        h.update(np.ascontiguousarray(array).tobytes())
+    return h.hexdigest()
 
 
 def _dir_bytes(path: pathlib.Path) -> int:
@@ -565,6 +621,7 @@ class Checkpointer:
             raise ValueError(f"step must be non-negative, got {step}")
         meta = {
             "config_fingerprint": self.config_fingerprint,
+            "state_digest": state_digest(state),
             "extra": _plain(dict(extra or {})),
         }
         try:  # fail here, not in orbax's background thread
@@ -697,7 +754,7 @@ class Checkpointer:
         newest, error = newer_unreadable[0]
         raise UnreadableCheckpointError(
             f"no checkpoint in {self.checkpoint_dir} can be read into this run's state (the "
-            f"newest, step {newest}: {_reason(error)}); nothing was moved. If another version "
+            f"newest, step {newest}: {error.reason}); nothing was moved. If another version "
             "of drd_jax wrote them, resume with that version; if they are damaged, move the "
             "checkpoints directory away to train the run afresh",
             path=self.checkpoint_dir / str(newest),
@@ -708,7 +765,26 @@ class Checkpointer:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
         args = {_STATE: ocp.args.StandardRestore(abstract), _META: ocp.args.JsonRestore()}
         restored = self._read(step, args)
-        return restored[_STATE], self._checked_extra(restored[_META])
+        extra = self._checked_extra(restored[_META])
+        self._verify_content(step, restored[_STATE], restored[_META])
+        return restored[_STATE], extra
+
+    def _verify_content(self, step: int, state: Any, meta: Mapping[str, Any]) -> None:
+        """:class:`UnreadableCheckpointError` unless ``state`` has the digest recorded at save
+        (checkpoints saved without one, by older versions or sharded across hosts, pass)."""
+        recorded = meta.get("state_digest")
+        if recorded is None:
+            return
+        found = state_digest(state)
+        if found is not None and found != recorded:
+            raise self._unreadable(
+                step,
+                ValueError(
+                    f"its content differs from the checksum recorded when it was saved "
+                    f"(sha256 {found[:12]}... instead of {recorded[:12]}...): bytes on disk "
+                    "were changed"
+                ),
+            )
 
     def _read(self, step: int, args: Mapping[str, Any]) -> Any:
         """orbax's restore of ``step``; :class:`UnreadableCheckpointError` if it fails."""
@@ -731,6 +807,7 @@ class Checkpointer:
             "training command does that for you and retrains the lost steps",
             path=path,
             step=step,
+            reason=_reason(error),
         )
 
     def _move_aside(self, unreadable, *, restored_step: int) -> None:
@@ -752,7 +829,7 @@ class Checkpointer:
                     "checkpoint step %d cannot be read (%s): moved %s to %s (inspect or delete "
                     "it there); resuming from step %d, the newest readable checkpoint",
                     step,
-                    _reason(error),
+                    error.reason,
                     source,
                     dest,
                     restored_step,

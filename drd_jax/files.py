@@ -1,5 +1,6 @@
-"""Small file helpers shared by the training outputs (configs, logs, results) and segment, and
-the one error a full disk gives (:class:`DiskFullError`)."""
+"""Small file helpers shared by the training outputs (configs, logs, results) and segment, the
+one error a full disk gives (:class:`DiskFullError`) and the check that a directory can be
+written before anything is (:func:`check_writable_dir`)."""
 
 import contextlib
 import errno
@@ -9,8 +10,10 @@ import shutil
 
 __all__ = [
     "DiskFullError",
+    "UnusableDirectoryError",
     "atomic_write_bytes",
     "atomic_write_text",
+    "check_writable_dir",
     "disk_full_error",
     "format_bytes",
     "is_disk_full",
@@ -109,3 +112,48 @@ def disk_full_error(
         f"Free some space, then {then}",
         path,
     )
+
+
+class UnusableDirectoryError(OSError):
+    """A directory to write into is a file, sits under one, or cannot be written (one line naming
+    the path and what was expected)."""
+
+    user_error = True  # entry points print it as one line (experiments/cli.py)
+
+
+def check_writable_dir(path: str | os.PathLike, *, what: str) -> pathlib.Path:
+    """``path`` as an absolute path, if it is a directory this process can write into, or one it
+    can create; checks only, creates nothing.
+
+    Args:
+      path: the directory.
+      what: how messages name it, e.g. ``"workdir"`` or ``"--output"``.
+
+    Raises:
+      UnusableDirectoryError: ``path`` is a file, or its nearest existing ancestor is a file, or
+        that ancestor (or ``path``) is not writable (permissions, a read-only file system).
+    """
+    path = pathlib.Path(path).expanduser().absolute()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing == path and not path.is_dir():
+        raise UnusableDirectoryError(f"{what} {path} is a file, not a directory")
+    if not existing.is_dir():
+        raise UnusableDirectoryError(
+            f"{what} {path} cannot be created: {existing} is a file, not a directory"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        reason = "read-only file system" if _read_only_fs(existing) else "no write permission"
+        where = "" if existing == path else f" (it would be created in {existing})"
+        raise UnusableDirectoryError(
+            f"{what} {path} is not writable{where}: {reason}; choose a directory you can write"
+        )
+    return path
+
+
+def _read_only_fs(path: pathlib.Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False

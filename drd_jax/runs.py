@@ -3,9 +3,13 @@
 A workdir written by ``drd_jax.train.train_and_evaluate`` holds ``config.json``, ``checkpoints/``
 and, once finished, :data:`FINAL_METRICS_NAME`. ``segment``, ``reproduce`` and ``figures`` read
 runs through :func:`load_run`; a student reads its teacher through :func:`load_teacher`. Readers
-never write into the workdir and never take its lock (``drd_jax.workdir_lock``); a checkpoint
-that cannot be read raises ``checkpointing.UnreadableCheckpointError``, one line naming it and
-what to do.
+never write into the workdir and never take its lock (``drd_jax.workdir_lock``). What they read
+is checked: ``config.json`` must have the fingerprint recorded with it (an edited config no longer
+says how the checkpoints were trained: ``ValueError`` naming the file), and a checkpoint must
+read back to the content digest recorded when it was saved; one that cannot raises
+``checkpointing.UnreadableCheckpointError``, one line naming it and what to do. A finished run
+(:func:`finished_run`) whose final checkpoint does not vouch for its ``final_metrics.json``
+raises :class:`FinishedRunError`: its rerun writes nothing.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ ml_collections = require("ml_collections", extra="train")
 
 __all__ = [
     "FINAL_METRICS_NAME",
+    "FinishedRunError",
     "RunCheckpoint",
     "eval_summary",
     "evaluate_run",
@@ -81,9 +86,18 @@ def read_run_config(workdir: str | os.PathLike) -> tuple[ml_collections.ConfigDi
         )
     try:
         body = json.loads(path.read_text())
-        return ml_collections.ConfigDict(body["config"]), str(body["config_fingerprint"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}: not a drd-jax run config ({e})") from e
+        config = ml_collections.ConfigDict(body["config"])
+        recorded = str(body["config_fingerprint"])
+        found = fingerprint(config)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"{path}: not a drd-jax run config ({type(e).__name__}: {e})") from e
+    if found != recorded:
+        raise ValueError(
+            f"{path} was edited: its config has fingerprint {found[:12]}..., the run (and its "
+            f"checkpoints) recorded {recorded[:12]}...; its config no longer says how the "
+            "checkpoints were trained. Restore the file, or train a new run"
+        )
+    return config, recorded
 
 
 def load_run(workdir: str | os.PathLike, *, checkpoint: str = "best") -> RunCheckpoint:
@@ -149,17 +163,28 @@ def _with_choices(
             f"; checkpoint='latest' reads step {latest} (load_run(..., checkpoint='latest'), "
             "segment --which=latest, a student's --config.teacher_checkpoint=latest)"
         )
-        return UnreadableCheckpointError(str(error) + hint, path=error.path, step=error.step)
+        return UnreadableCheckpointError(
+            str(error) + hint, path=error.path, step=error.step, reason=error.reason
+        )
     return error
+
+
+class FinishedRunError(RuntimeError):
+    """A finished run whose results cannot be vouched for by its final checkpoint (missing,
+    damaged, or holding other params): the rerun refuses, writing nothing (one line naming the
+    workdir and what to do)."""
+
+    user_error = True  # entry points print it as one line (experiments/cli.py)
 
 
 def finished_run(workdir: str | os.PathLike, config_fingerprint: str) -> dict | None:
     """The final metrics of the finished run of ``config_fingerprint`` in ``workdir``, or None.
 
-    Finished: :data:`FINAL_METRICS_NAME` records ``config_fingerprint``, and the latest checkpoint
-    reads back to its ``params_fingerprint``. When that checkpoint cannot be read (or holds
-    other params) a warning says so and None is returned, so that the trainer resumes past it.
-    Reads only.
+    Finished: :data:`FINAL_METRICS_NAME` records ``config_fingerprint``. Its latest checkpoint
+    must then read back (content verified) to the ``params_fingerprint`` the file reports;
+    otherwise :class:`FinishedRunError` is raised and nothing is written or moved: a rerun of a
+    finished run never retrains it over its results, whatever it finds. None when there is no
+    such file, or it does not parse, or it records another config. Reads only.
     """
     workdir = pathlib.Path(workdir).expanduser().absolute()
     path = workdir / FINAL_METRICS_NAME
@@ -169,21 +194,26 @@ def finished_run(workdir: str | os.PathLike, config_fingerprint: str) -> dict | 
         return None
     if not isinstance(result, dict) or result.get("config_fingerprint") != config_fingerprint:
         return None
+    keep = (
+        f"its results ({path}) are kept as they are. To train the run again from its newest "
+        f"good checkpoint, move {path.name} out of {workdir} and rerun"
+    )
     try:
         run = load_run(workdir, checkpoint="latest")
     except FileNotFoundError:
-        logging.warning("%s is there, but no checkpoint: training the run again", path)
-        return None
+        raise FinishedRunError(
+            f"{workdir} holds a finished run but no checkpoint to vouch for it; {keep}"
+        ) from None
     except UnreadableCheckpointError as e:
-        logging.warning("%s is there, but its checkpoint %s cannot be read", path, e.path)
-        return None
+        raise FinishedRunError(
+            f"{workdir} holds a finished run whose final checkpoint {e.path} is damaged "
+            f"({e.reason}); {keep}"
+        ) from None
     if params_fingerprint(run.params) != result.get("params_fingerprint"):
-        logging.warning(
-            "%s: the latest checkpoint (step %d) does not hold the params it reports",
-            path,
-            run.step,
+        raise FinishedRunError(
+            f"{workdir} holds a finished run, but its latest checkpoint (step {run.step}) does "
+            f"not hold the params {path.name} reports; {keep}"
         )
-        return None
     return result
 
 

@@ -26,11 +26,15 @@ same config fingerprint continues from the latest, data position included, to th
 an uninterrupted run. ``config.stop_after_steps = k`` saves at step ``k`` and returns.
 
 Start: everything is checked before anything is written into the workdir: the config (errors
-name the field), the workdir's recorded config (a workdir holding checkpoints of another config
-is refused; one without checkpoints takes the new config), the devices, every shard of the train
-and test splits (``input_pipeline.check_readable``) and the teacher. A finished run (its
-``final_metrics.json`` and final checkpoint there, for this config) is returned as it is, with
-nothing written. Then process 0 takes the workdir's lock for the run (``drd_jax.workdir_lock``:
+name the field), the workdir itself (a file, under a file, not writable, or holding an export of
+``experiments.export``: ``files.UnusableDirectoryError`` or ``ValueError`` naming it), the
+workdir's recorded config (a workdir holding checkpoints of another config is refused; one
+without checkpoints takes the new config), the devices, every shard of the train and test splits
+(``input_pipeline.check_readable``), ``config.eval_pad_to`` against the test images and the
+teacher. A finished run (its ``final_metrics.json`` for this config) is returned as it is, with
+nothing written, once its final checkpoint reads back (content verified) to the params the file
+reports; otherwise ``runs.FinishedRunError`` says so and still nothing is written: a rerun never
+retrains over a finished run's results. Then process 0 takes the workdir's lock for the run (``drd_jax.workdir_lock``:
 a second live run on the workdir is refused at once, naming the holder's pid and host; a killed
 run's lock never blocks).
 
@@ -38,8 +42,9 @@ Faults: a non-finite loss, gradient or parameter (``FloatingPointError``) or a c
 explodes while finite (``divergence.TrainingDivergedError``; ``config.divergence_factor``, not in
 the fingerprint: rerun with a larger value, or 0, to resume past it) stops the run naming the step
 and the last good checkpoint; every step is checked before a later one is logged or saved.
-Config errors raise ``ValueError`` naming the field. A damaged latest checkpoint is moved to
-``damaged_checkpoints/`` with a warning and the run resumes from the newest readable one (to the
+Config errors raise ``ValueError`` naming the field. A damaged latest checkpoint of an unfinished
+run (unreadable, or its content differs from the digest recorded at save) is moved to
+``damaged_checkpoints/`` with a warning and the run resumes from the newest good one (to the
 same params). A full disk raises ``files.DiskFullError`` (one message naming the path and the
 space needed); the same command resumes once space is freed.
 
@@ -61,12 +66,12 @@ import jax
 import numpy as np
 
 from drd_jax import distillation as distillation_lib
-from drd_jax import input_pipeline, loop, runs
+from drd_jax import input_pipeline, loop, runs, serving
 from drd_jax.checkpointing import Checkpointer, check_workdir_config
 from drd_jax.config import field_error, fingerprint, resolve_data_dir, validate_config
 from drd_jax.divergence import DivergenceMonitor, TrainingDivergedError
 from drd_jax.extras import require
-from drd_jax.files import DiskFullError, disk_full_error, is_disk_full
+from drd_jax.files import DiskFullError, check_writable_dir, disk_full_error, is_disk_full
 from drd_jax.metric_writers import MetricWriter
 from drd_jax.parallel import DataParallel, main_process_first
 from drd_jax.state import create_train_state, make_model
@@ -86,7 +91,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     ``{"stopped_at_step", "steps", "mode"}`` (no evaluation, nothing written).
     """
     validate_config(config)
-    workdir = pathlib.Path(workdir).expanduser().absolute()
+    workdir = _check_workdir(workdir)
     config_fp = fingerprint(config)
     check_workdir_config(workdir, config_fp)
     par = _data_parallel(config)
@@ -114,18 +119,51 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         return result
 
 
+def _check_workdir(workdir) -> pathlib.Path:
+    """``workdir`` as an absolute path, if a run may write there (``UnusableDirectoryError``
+    naming it otherwise: a file, under a file, not writable); a directory holding an export
+    (``experiments.export``) is refused, so that neither overwrites the other's files."""
+    workdir = check_writable_dir(workdir, what="workdir")
+    if serving.is_export_dir(workdir):
+        raise ValueError(
+            f"workdir {workdir} holds an export ({serving.CARD_NAME}, written by "
+            "experiments.export), not a training run: train into another directory"
+        )
+    return workdir
+
+
 class _Data(NamedTuple):
-    """The splits of ``config.dataset``, checked readable, and its class names."""
+    """The splits of ``config.dataset``, checked readable, its class names and the canvas
+    evaluation pads the test images to (``input_pipeline.eval_pad_size``; None: no padding)."""
 
     train: Any
     test: Any
     class_names: list[str]
+    eval_pad_to: tuple[int, int] | None
+
+
+def _eval_canvas(config, test) -> tuple[int, int] | None:
+    """The evaluation canvas of ``config.eval_pad_to`` on ``test``; a canvas smaller than the
+    largest test image raises the field's error now, not at the first evaluation."""
+    largest = input_pipeline.eval_pad_size(test, (0, 0))  # None: every image has one size
+    pad_to = tuple(config.eval_pad_to)
+    if pad_to == (0, 0):
+        return largest
+    if largest is None:
+        largest = tuple(np.shape(input_pipeline.read_record(test, 0)["depth"])[:2])
+    if pad_to[0] < largest[0] or pad_to[1] < largest[1]:
+        raise field_error(
+            "eval_pad_to",
+            f"{list(pad_to)} is smaller than the largest test image of {config.dataset}, "
+            f"{list(largest)} (H, W); use at least that, or 0,0 to pad to the largest",
+        )
+    return input_pipeline.eval_pad_size(test, pad_to)
 
 
 def _load_data(config) -> _Data:
     """Builds the dataset if needed (synthetic data; one process of a multi-host job), opens its
-    splits and reads the first and last record of every shard (``CorruptDataError`` naming the
-    shard and the rebuild command)."""
+    splits, reads the first and last record of every shard (``CorruptDataError`` naming the
+    shard and the rebuild command) and checks ``config.eval_pad_to`` against the test images."""
     data_dir = resolve_data_dir(config)
     train = main_process_first(  # one process builds synthetic data
         lambda: input_pipeline.load_data_source(
@@ -136,7 +174,8 @@ def _load_data(config) -> _Data:
     test = input_pipeline.load_data_source(config.dataset, "test", data_dir=data_dir)
     for source in (train, test):
         input_pipeline.check_readable(source, dataset=config.dataset, data_dir=data_dir)
-    return _Data(train, test, input_pipeline.dataset_class_names(config.dataset, train))
+    class_names = input_pipeline.dataset_class_names(config.dataset, train)
+    return _Data(train, test, class_names, _eval_canvas(config, test))
 
 
 def _load_teacher(config, num_classes: int) -> tuple[Any, Any]:
@@ -234,9 +273,11 @@ def _check_step(m, step: int, *, monitor: DivergenceMonitor, ckpt: Checkpointer)
     """Stops the run (before anything of this step is saved) on a non-finite or exploded step,
     raising ``FloatingPointError`` or ``TrainingDivergedError`` (logged too) that names the step
     and the last good checkpoint."""
+    latest = ckpt.latest_step()
     last_good = (
-        f"the state was not saved; last good checkpoint: step {ckpt.latest_step()} in "
-        f"{ckpt.checkpoint_dir}"
+        f"the state was not saved; last good checkpoint: step {latest} in {ckpt.checkpoint_dir}"
+        if latest is not None
+        else "the state was not saved; no checkpoint was written yet (a rerun starts afresh)"
     )
     if not bool(m["finite"]):
         message = (
@@ -313,7 +354,7 @@ def _pretrain_autoencoder(config, state, distillation, teacher_params, source, p
 
 def _train(config, workdir: pathlib.Path, ckpt: Checkpointer, par, data: _Data, teacher) -> dict:
     is_main = jax.process_index() == 0
-    train_source, test_source, class_names = data
+    train_source, test_source, class_names, pad_to = data
     num_classes = len(class_names)
     state, start_step, distillation, teacher_params = _start(
         config, workdir, ckpt, par, teacher, num_classes
@@ -326,7 +367,6 @@ def _train(config, workdir: pathlib.Path, ckpt: Checkpointer, par, data: _Data, 
     )
     p_train = par.compile(train_fn, donate_state=True)
     model = make_model(config, num_classes)
-    pad_to = input_pipeline.eval_pad_size(test_source, config.eval_pad_to)
     p_eval = par.compile(
         functools.partial(
             eval_step, model=model, num_classes=num_classes, padded=pad_to is not None

@@ -25,6 +25,8 @@ import pathlib
 import socket
 import sys
 
+from drd_jax.files import UnusableDirectoryError, check_writable_dir
+
 __all__ = ["LOCK_NAME", "WorkdirLock", "WorkdirLockedError"]
 
 LOCK_NAME = ".lock"
@@ -61,11 +63,21 @@ class WorkdirLock:
         self._fd: int | None = None
 
     def acquire(self) -> WorkdirLock:
-        """Takes the lock or raises :class:`WorkdirLockedError` at once; returns ``self``."""
+        """Takes the lock or raises :class:`WorkdirLockedError` at once; returns ``self``.
+
+        A workdir that is a file, sits under one or cannot be written raises
+        ``files.UnusableDirectoryError`` (one line naming it)."""
         if self._fd is not None:
             raise RuntimeError(f"{self.path} is already held by this WorkdirLock")
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        check_writable_dir(self.workdir, what="workdir")
+        try:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise UnusableDirectoryError(
+                f"workdir {self.workdir}: cannot create its lock file {self.path} "
+                f"({e.strerror or e}); choose a directory you can write"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:

@@ -16,7 +16,12 @@ import pytest
 from absl import logging as absl_logging
 from flax.training import train_state
 
-from drd_jax.checkpointing import Checkpointer, UnreadableCheckpointError, config_fingerprint
+from drd_jax.checkpointing import (
+    Checkpointer,
+    UnreadableCheckpointError,
+    config_fingerprint,
+    state_digest,
+)
 from drd_jax.files import DiskFullError
 
 FP = config_fingerprint({"model": "tiny", "lr": 0.1})
@@ -300,6 +305,73 @@ def test_nothing_readable_moves_nothing(tmp_path):
     assert c.all_steps() == [1, 2]
     assert not (tmp_path / "work" / "damaged_checkpoints").exists()
     c.close()
+
+
+def flip_bytes(step_dir: pathlib.Path, count: int = 16, seed: int = 0) -> pathlib.Path:
+    """Inverts ``count`` bytes (seeded positions) in the middle of the largest data file of the
+    step's state: damage that orbax may read back without an error, as garbage."""
+    data = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+    path = max(data, key=lambda p: p.stat().st_size)
+    body = bytearray(path.read_bytes())
+    rng = np.random.default_rng(seed)
+    for i in rng.choice(np.arange(len(body) // 4, 3 * len(body) // 4), count, replace=False):
+        body[i] ^= 0xFF
+    path.write_bytes(bytes(body))
+    return path
+
+
+def edit_recorded_digest(step_dir: pathlib.Path) -> None:
+    """Changes the state checksum recorded with a checkpoint (its state stays as saved)."""
+    path = step_dir / "meta" / "metadata"
+    meta = json.loads(path.read_text())
+    meta["state_digest"] = "0" * 64
+    path.write_text(json.dumps(meta))
+
+
+def test_state_digest_covers_every_leaf_and_key_data():
+    state = make_state(0)
+    assert state_digest(state) == state_digest(make_state(0))
+    for other in (
+        make_state(1),
+        state.replace(step=state.step + 1),
+        state.replace(rng=jax.random.key(7)),
+        state.replace(params=jax.tree.map(lambda x: x * 1.001, state.params)),
+    ):
+        assert state_digest(other) != state_digest(state)
+    # The same values in a wider dtype (e.g. restored into a template with a Python int step).
+    widened = state.replace(step=np.int64(state.step))
+    assert state_digest(widened) == state_digest(state)
+
+
+def big_state(seed: int) -> dict:
+    """A state whose bytes are mostly array data (random: it does not compress)."""
+    rng = np.random.default_rng(seed)
+    return {"w": jnp.asarray(rng.normal(size=(128, 128)), jnp.float32), "step": jnp.int32(seed)}
+
+
+@pytest.mark.parametrize("damage", [edit_recorded_digest, flip_bytes])
+def test_changed_content_is_caught_by_its_checksum(tmp_path, damage):
+    """Bytes changed on disk: every reader refuses the checkpoint in one line naming it, and a
+    resuming writer moves it aside and restores the newest good one."""
+    c = ckpt(tmp_path, save_interval_steps=1)
+    for step in (1, 2, 3):
+        assert c.save(step, big_state(step), extra={"at": step})
+    c.close()
+    checkpoints = tmp_path / "work" / "checkpoints"
+    damage(checkpoints / "3")
+    reader = ckpt(tmp_path, read_only=True)
+    with pytest.raises(UnreadableCheckpointError) as info:
+        reader.restore(3, target=big_state(9))
+    reader.close()
+    message = str(info.value)
+    assert "\n" not in message and str(checkpoints / "3") in message
+    assert "differs from the checksum recorded" in message
+    c = ckpt(tmp_path, save_interval_steps=1)
+    state, extra = c.restore(target=big_state(9), fall_back=True)
+    c.close()
+    assert extra == {"at": 2}
+    assert_trees_equal(state, big_state(2))
+    assert (tmp_path / "work" / "damaged_checkpoints" / "3").is_dir()
 
 
 # -- config of a workdir without checkpoints ----------------------------------------------------

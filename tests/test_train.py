@@ -462,7 +462,15 @@ def test_a_damaged_checkpoint_is_named_and_resume_falls_back_past_it(
             runs.load_run(workdir, checkpoint=which)
         message = str(info.value)
         assert str(damaged) in message and "\n" not in message and "step 2" in message
-    # The training command falls back to step 2, keeps the damaged step, and ends as before.
+    # The run had finished: its rerun refuses and writes nothing, results included.
+    before = snapshot(workdir)
+    with pytest.raises(runs.FinishedRunError) as info:
+        train.train_and_evaluate(tiny(data_dir), workdir)
+    assert str(damaged) in str(info.value) and "final_metrics.json" in str(info.value)
+    assert snapshot(workdir) == before
+    # Asked to retrain it (its results moved away), the training command falls back to step 2,
+    # keeps the damaged step, and ends as before.
+    (workdir / "final_metrics.json").rename(tmp_path / "kept.json")
     with caplog.at_level(logging.INFO):
         result = train.train_and_evaluate(tiny(data_dir), workdir)
     assert result == expected
