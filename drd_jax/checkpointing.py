@@ -202,12 +202,16 @@ def _quiet_unraisable(previous):
 
 
 class _QuietAsyncio(logging.Filter):
-    """After a failed save, drops asyncio's "Future/Task exception was never retrieved" of the
-    save's abandoned writes when they failed on a full disk (one per array of the state)."""
+    """After a failed save or restore, drops asyncio's "Future/Task exception was never
+    retrieved" of its abandoned reads and writes (one per array of the state, each with a
+    traceback and TensorStore spec: hundreds of lines after the one-line error that says it
+    all), and any record of a full disk."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not _failed_io.is_set() or absl_logging.get_verbosity() >= 1:
             return True
+        if "exception was never retrieved" in str(record.msg):
+            return False
         error = record.exc_info[1] if record.exc_info else None
         return not (error is not None and is_disk_full(error))
 
@@ -529,8 +533,11 @@ class Checkpointer:
                 read_only=read_only,
                 enable_async_checkpointing=async_save,
             )
+            # Handlers named up front: a manager that learns them from its first save or restore
+            # warns twice per item when asked for a step's metadata (a reader's first call).
+            handlers = {_STATE: ocp.StandardCheckpointHandler(), _META: ocp.JsonCheckpointHandler()}
             return ocp.CheckpointManager(
-                self.checkpoint_dir, item_names=(_STATE, _META), options=options
+                self.checkpoint_dir, item_handlers=handlers, options=options
             )
 
     # -- config check ---------------------------------------------------------------------------

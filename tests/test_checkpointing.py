@@ -424,6 +424,34 @@ def test_orbax_is_quiet_by_default(tmp_path, caplog, absl_info):
     c.close()
 
 
+def test_a_reader_asking_for_metrics_is_quiet(tmp_path, caplog):
+    """A fresh read-only manager's first question is a step's metrics (export's card): orbax
+    warned twice per item that it 'could not be restored' without its handler."""
+    c = ckpt(tmp_path, save_interval_steps=1)
+    c.save(1, make_state(), metrics={"mean_iou": 0.5})
+    c.close()
+    with caplog.at_level(logging.WARNING):
+        reader = ckpt(tmp_path, read_only=True)
+        assert reader.metrics(1) == {"mean_iou": 0.5}
+        reader.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
+def test_after_a_failed_read_abandoned_reads_are_not_printed(tmp_path):
+    """Each array of a failed restore whose read orbax abandons ends as asyncio's "exception was
+    never retrieved" with a traceback: after the one-line error, they say nothing more."""
+    save_steps(tmp_path, (1,))
+    truncate_largest_file(tmp_path / "work" / "checkpoints" / "1")
+    reader = ckpt(tmp_path, read_only=True)
+    with pytest.raises(UnreadableCheckpointError):
+        reader.restore(1, target=make_state(9))
+    reader.close()
+    record = logging.LogRecord(
+        "asyncio", logging.ERROR, __file__, 1, "Future exception was never retrieved", (), None
+    )
+    assert not logging.getLogger("asyncio").filter(record)
+
+
 def test_orbax_logs_again_at_verbosity_1(tmp_path, caplog, absl_info):
     absl_logging.set_verbosity(1)  # what `--verbosity=1` sets
     with caplog.at_level(logging.DEBUG):
