@@ -44,6 +44,7 @@ __all__ = [
     "describe_fields",
     "field_error",
     "fingerprint",
+    "legacy_fingerprints",
     "resolve_data_dir",
     "validate_config",
 ]
@@ -127,7 +128,7 @@ FIELDS: dict[str, Field] = {
         scale_range=(
             _PAIR,
             "(min, max) of the random rescale factor of a training image (relative to its stored "
-            "size, before the crop); 0 < min <= max",
+            "size, before the crop); finite, 0 < min <= max",
         ),
         flip_prob=(
             Number(0, 1),
@@ -159,7 +160,7 @@ FIELDS: dict[str, Field] = {
         teacher_workdir=(
             None,
             "student: workdir of the trained teacher run (needed with init='teacher' or any "
-            "distillation weight > 0)",
+            "distillation weight > 0); must be '' in the other modes",
         ),
         teacher_checkpoint=(
             TEACHER_CHECKPOINTS,
@@ -168,7 +169,8 @@ FIELDS: dict[str, Field] = {
         ),
         pretrained_path=(
             None,
-            "init='imagenet': the VGG16 ImageNet weights (Keras .h5, torchvision .pth or .npz)",
+            "init='imagenet': the VGG16 ImageNet weights (Keras .h5, torchvision .pth or .npz), "
+            "checked before the run (the 13 trunk convs, of the shapes of the model's width)",
         ),
         vtce_weight=(
             _WEIGHT,
@@ -465,18 +467,58 @@ def _check_dataset(dataset) -> None:
             raise field_error("dataset", str(e)) from None
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int | np.integer) and not isinstance(v, bool)
+
+
+def _check_scale_range(value) -> None:
+    """``(min, max)`` finite numbers with ``0 < min <= max`` (the input pipeline's rescale)."""
+    numbers = all(
+        isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool)
+        for v in value
+    )
+    if not (numbers and all(math.isfinite(v) for v in value) and 0 < value[0] <= value[1]):
+        raise field_error(
+            "scale_range", f"must be (min, max) with 0 < min <= max, finite, got {value!r}"
+        )
+
+
+def _check_pretrained(config) -> None:
+    """``init='imagenet'``: ``pretrained_path`` is VGG16 weights that fit ``config.width``
+    (``pretrained.check_vgg16_file``: the file's layout only, not its arrays)."""
+    if not config.pretrained_path:
+        raise field_error("pretrained_path", "init='imagenet' needs a VGG16 weights file")
+    from drd_jax import pretrained
+
+    try:
+        pretrained.check_vgg16_file(
+            config.pretrained_path, width=config.width, width_name="config.width"
+        )
+    except (OSError, ValueError) as e:
+        raise field_error("pretrained_path", str(e).strip()) from None
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Raises ``ValueError`` naming the first bad field (``config.<field>: ...``)."""
+    """Raises ``ValueError`` naming the first bad field (``config.<field>: ...``).
+
+    Checks every field of :data:`FIELDS` (its allowed values), then the rules between fields and
+    what is cheap to check outside the config: the dataset's builder and builder config, pairs
+    (``crop_size``, ``scale_range``, ``eval_pad_to``), a ``teacher_workdir`` only in student mode,
+    a ``seed`` that leaves room for knowledge adaptation's ``seed + 1``, and with
+    ``init='imagenet'`` the ``pretrained_path`` file (exists, readable, VGG16 weights of the
+    model's ``width``; its layout only). A run calls it before it writes anything.
+    """
     missing = [name for name in FIELDS if name not in config]
     if missing:
         raise ValueError(f"config is missing the fields {missing} (see experiments/configs/)")
     for name, field in FIELDS.items():
         _check_field(config, name, field.check)
     _check_dataset(config.dataset)
-    if not all(isinstance(v, int) and v > 0 for v in config.crop_size):
+    if not all(_is_int(v) and v > 0 for v in config.crop_size):
         raise field_error("crop_size", f"must be two positive ints, got {config.crop_size!r}")
+    _check_scale_range(config.scale_range)
     pad = config.eval_pad_to
-    if not (all(isinstance(v, int) and v >= 0 for v in pad) and (pad[0] > 0) == (pad[1] > 0)):
+    if not (all(_is_int(v) and v >= 0 for v in pad) and (pad[0] > 0) == (pad[1] > 0)):
         raise field_error(
             "eval_pad_to", f"must be (0, 0) (automatic) or two positive ints, got {pad!r}"
         )
@@ -499,19 +541,44 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                 "student mode with init='teacher' or a distillation weight > 0 needs the "
                 "teacher run's workdir",
             )
-    if config.init == "imagenet" and not config.pretrained_path:
-        raise field_error("pretrained_path", "init='imagenet' needs a VGG16 weights file")
+    if config.teacher_workdir and config.mode != "student":
+        raise field_error(
+            "teacher_workdir",
+            f"only a student uses a teacher, got mode={config.mode!r} with teacher_workdir="
+            f"{config.teacher_workdir!r} (it would be ignored); set it to '' or use mode='student'",
+        )
+    if config.mode == "student" and config.adaptation_weight and config.seed >= 2**32 - 1:
+        raise field_error(
+            "seed",
+            f"must be below {2**32 - 1} with knowledge adaptation (adaptation_weight > 0: its "
+            f"auto-encoder stage reads the data with seed + 1), got {config.seed!r}",
+        )
+    if config.init == "imagenet":
+        _check_pretrained(config)
 
 
 def fingerprint(config: ml_collections.ConfigDict) -> str:
-    """The config fingerprint of a run (``FINGERPRINT_IGNORE`` left out).
+    """The config fingerprint of a run (``FINGERPRINT_IGNORE`` and ``teacher_workdir`` left out).
 
     A run that uses none of the seed papers' methods (``KD_WEIGHT_FIELDS``) also leaves out every
     field of those methods (``KD_FIELDS``), and the ``ADDED_FIELDS`` that hold the value runs had
     before them: they do not change what it computes, and runs written before the fields existed
-    keep their fingerprint (so they are still resumed and reused).
+    keep their fingerprint (so they are still resumed and reused). ``teacher_workdir`` is where
+    the teacher is, not which one: a student records its teacher's params fingerprint instead
+    (``runs``), so that a run directory moved or copied with its teacher is the same run.
     """
-    ignore = FINGERPRINT_IGNORE
+    return _fingerprint(config, FINGERPRINT_IGNORE + ("teacher_workdir",))
+
+
+def legacy_fingerprints(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The other fingerprints earlier versions gave ``config``: with its ``teacher_workdir``
+    (a student's), so that runs recorded under them are still resumed and reused in place."""
+    if not config.get("teacher_workdir"):
+        return ()
+    return (_fingerprint(config, FINGERPRINT_IGNORE),)
+
+
+def _fingerprint(config: ml_collections.ConfigDict, ignore: tuple[str, ...]) -> str:
     if not uses_kd_methods(config):
         ignore = ignore + KD_FIELDS
     ignore = ignore + tuple(f for f, old in ADDED_FIELDS.items() if config.get(f, old) == old)

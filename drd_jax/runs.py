@@ -27,7 +27,13 @@ import numpy as np
 
 from drd_jax import input_pipeline, loop, metrics
 from drd_jax.checkpointing import Checkpointer, UnreadableCheckpointError
-from drd_jax.config import TEACHER_CHECKPOINTS, field_error, fingerprint, resolve_data_dir
+from drd_jax.config import (
+    TEACHER_CHECKPOINTS,
+    field_error,
+    fingerprint,
+    legacy_fingerprints,
+    resolve_data_dir,
+)
 from drd_jax.extras import require
 from drd_jax.files import atomic_write_text
 from drd_jax.models import DeepLabVGG16
@@ -46,8 +52,12 @@ __all__ = [
     "final_metrics",
     "finished_run",
     "load_run",
+    "check_same_teacher",
+    "check_teacher_classes",
     "load_teacher",
     "read_run_config",
+    "run_fingerprint",
+    "teacher_fingerprint",
     "write_final_metrics",
 ]
 
@@ -89,15 +99,32 @@ def read_run_config(workdir: str | os.PathLike) -> tuple[ml_collections.ConfigDi
         config = ml_collections.ConfigDict(body["config"])
         recorded = str(body["config_fingerprint"])
         found = fingerprint(config)
+        accepted = {found, *legacy_fingerprints(config)}
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"{path}: not a drd-jax run config ({type(e).__name__}: {e})") from e
-    if found != recorded:
+    if recorded not in accepted:
         raise ValueError(
             f"{path} was edited: its config has fingerprint {found[:12]}..., the run (and its "
             f"checkpoints) recorded {recorded[:12]}...; its config no longer says how the "
             "checkpoints were trained. Restore the file, or train a new run"
         )
     return config, recorded
+
+
+def run_fingerprint(workdir: str | os.PathLike, config) -> str:
+    """The fingerprint a run of ``config`` has in ``workdir``: ``config.fingerprint(config)``, or
+    one of its :func:`~drd_jax.config.legacy_fingerprints` when ``<workdir>/config.json``
+    records that (a run written by an earlier version, resumed and reused in place)."""
+    current = fingerprint(config)
+    legacy = legacy_fingerprints(config)
+    if not legacy:
+        return current
+    try:
+        recorded = json.loads((pathlib.Path(workdir).expanduser() / "config.json").read_text())
+        recorded = recorded["config_fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return current
+    return recorded if recorded in legacy else current
 
 
 def load_run(workdir: str | os.PathLike, *, checkpoint: str = "best") -> RunCheckpoint:
@@ -177,14 +204,21 @@ class FinishedRunError(RuntimeError):
     user_error = True  # entry points print it as one line (experiments/cli.py)
 
 
-def finished_run(workdir: str | os.PathLike, config_fingerprint: str) -> dict | None:
+def finished_run(
+    workdir: str | os.PathLike,
+    config_fingerprint: str,
+    *,
+    teacher_params_fingerprint: str | None = None,
+) -> dict | None:
     """The final metrics of the finished run of ``config_fingerprint`` in ``workdir``, or None.
 
     Finished: :data:`FINAL_METRICS_NAME` records ``config_fingerprint``. Its latest checkpoint
     must then read back (content verified) to the ``params_fingerprint`` the file reports;
     otherwise :class:`FinishedRunError` is raised and nothing is written or moved: a rerun of a
     finished run never retrains it over its results, whatever it finds. None when there is no
-    such file, or it does not parse, or it records another config. Reads only.
+    such file, or it does not parse, or it records another config. A student's
+    ``teacher_params_fingerprint`` (its teacher's params now) must be the one the run recorded
+    (:func:`check_same_teacher`). Reads only.
     """
     workdir = pathlib.Path(workdir).expanduser().absolute()
     path = workdir / FINAL_METRICS_NAME
@@ -194,6 +228,7 @@ def finished_run(workdir: str | os.PathLike, config_fingerprint: str) -> dict | 
         return None
     if not isinstance(result, dict) or result.get("config_fingerprint") != config_fingerprint:
         return None
+    check_same_teacher(workdir, result.get(TEACHER_KEY), teacher_params_fingerprint)
     keep = (
         f"its results ({path}) are kept as they are. To train the run again from its newest "
         f"good checkpoint, move {path.name} out of {workdir} and rerun"
@@ -217,8 +252,25 @@ def finished_run(workdir: str | os.PathLike, config_fingerprint: str) -> dict | 
     return result
 
 
-def load_teacher(config, num_classes: int) -> tuple[ml_collections.ConfigDict, Any]:
-    """``(teacher_config, teacher_params)`` from ``config.teacher_workdir`` (host arrays)."""
+TEACHER_KEY = "teacher_params_fingerprint"  # in a student's final metrics and checkpoints
+
+
+def check_same_teacher(workdir, recorded: str | None, found: str | None) -> None:
+    """``ValueError`` (naming ``teacher_workdir`` and ``workdir``) when a student run recorded a
+    teacher (its params fingerprint) other than the one ``config.teacher_workdir`` holds now.
+    Nothing to check when either is unknown (runs of earlier versions recorded none)."""
+    if recorded and found and recorded != found:
+        raise field_error(
+            "teacher_workdir",
+            f"the student in {workdir} was trained against another teacher (params "
+            f"{recorded[:12]}...) than the one there now ({found[:12]}...); use a new workdir "
+            "for a student of this teacher",
+        )
+
+
+def load_teacher(config, num_classes: int | None = None) -> tuple[ml_collections.ConfigDict, Any]:
+    """``(teacher_config, teacher_params)`` from ``config.teacher_workdir`` (host arrays); its
+    class count is checked against ``num_classes`` when given (:func:`check_teacher_classes`)."""
     workdir = pathlib.Path(config.teacher_workdir).expanduser()
     try:
         tconfig, _ = read_run_config(workdir)
@@ -238,13 +290,29 @@ def load_teacher(config, num_classes: int) -> tuple[ml_collections.ConfigDict, A
         run = load_run(workdir, checkpoint=config.teacher_checkpoint)
     except (FileNotFoundError, UnreadableCheckpointError) as e:
         raise field_error("teacher_workdir", str(e)) from e
-    if len(run.class_names) != num_classes:
-        raise field_error(
-            "teacher_workdir",
-            f"the teacher in {workdir} has {len(run.class_names)} classes, the data {num_classes}",
-        )
+    if num_classes is not None:
+        check_teacher_classes(config, run.params, num_classes)
     logging.info("teacher: %s step %d", workdir, run.step)
     return tconfig, run.params
+
+
+def teacher_fingerprint(config) -> str | None:
+    """The params fingerprint of a student's teacher (``config.teacher_workdir``), None for
+    other runs: what :func:`finished_run` checks a finished student against."""
+    if config.get("mode") != "student" or not config.get("teacher_workdir"):
+        return None
+    return params_fingerprint(load_teacher(config)[1])
+
+
+def check_teacher_classes(config, teacher_params: Any, num_classes: int) -> None:
+    """``ValueError`` naming ``teacher_workdir`` unless the teacher's classifier has
+    ``num_classes`` outputs."""
+    found = int(np.shape(jax.tree.leaves(teacher_params["fc8"])[0])[-1])
+    if found != num_classes:
+        raise field_error(
+            "teacher_workdir",
+            f"the teacher in {config.teacher_workdir} has {found} classes, the data {num_classes}",
+        )
 
 
 def evaluate_run(
@@ -291,7 +359,15 @@ def eval_summary(cm: np.ndarray) -> dict[str, float]:
     }
 
 
-def final_metrics(config, cm: np.ndarray, class_names: list[str], params: Any) -> dict:
+def final_metrics(
+    config,
+    cm: np.ndarray,
+    class_names: list[str],
+    params: Any,
+    *,
+    config_fingerprint: str | None = None,
+    teacher_params_fingerprint: str | None = None,
+) -> dict:
     """What a finished run reports (``<workdir>/final_metrics.json``)::
 
     {"mode", "init", "dataset", "steps", "params_fingerprint", "config_fingerprint",
@@ -306,7 +382,7 @@ def final_metrics(config, cm: np.ndarray, class_names: list[str], params: Any) -
         "dataset": config.dataset,
         "steps": config.num_train_steps,
         "params_fingerprint": params_fingerprint(params),
-        "config_fingerprint": fingerprint(config),
+        "config_fingerprint": config_fingerprint or fingerprint(config),
         "pixel_accuracy": m["pixel_accuracy"],
         "mean_pixel_accuracy": m["mean_pixel_accuracy"],
         "mean_iou": m["mean_iou"],
@@ -318,6 +394,7 @@ def final_metrics(config, cm: np.ndarray, class_names: list[str], params: Any) -
         "num_present_classes": m["num_present_classes"],
         "num_pixels": m["num_pixels"],
         "confusion_matrix": cm.tolist(),
+        **({TEACHER_KEY: teacher_params_fingerprint} if teacher_params_fingerprint else {}),
     }
 
 

@@ -25,16 +25,19 @@ Resume: checkpoints every ``config.checkpoint_every_steps`` steps, at every eval
 same config fingerprint continues from the latest, data position included, to the same params as
 an uninterrupted run. ``config.stop_after_steps = k`` saves at step ``k`` and returns.
 
-Start: everything is checked before anything is written into the workdir: the config (errors
-name the field), the workdir itself (a file, under a file, not writable, or holding an export of
+Start: everything is checked before anything is written into the workdir: the config (errors name
+the field), the workdir itself (a file, under a file, not writable, or holding an export of
 ``experiments.export``: ``files.UnusableDirectoryError`` or ``ValueError`` naming it), the
-workdir's recorded config (a workdir holding checkpoints of another config is refused; one
-without checkpoints takes the new config), the devices, every shard of the train and test splits
-(``input_pipeline.check_readable``), ``config.eval_pad_to`` against the test images and the
-teacher. A finished run (its ``final_metrics.json`` for this config) is returned as it is, with
-nothing written, once its final checkpoint reads back (content verified) to the params the file
-reports; otherwise ``runs.FinishedRunError`` says so and still nothing is written: a rerun never
-retrains over a finished run's results. Then process 0 takes the workdir's lock for the run (``drd_jax.workdir_lock``:
+workdir's recorded config (a workdir holding checkpoints of another config is refused; one without
+checkpoints takes the new config), the devices, every record of the train and test splits
+(``input_pipeline.check_readable``: each record's stored hash), ``config.eval_pad_to`` against the
+test images and the teacher. A finished run (its ``final_metrics.json`` for this config) is
+returned as it is, with nothing written, once its final checkpoint reads back (content verified) to
+the params the file reports; otherwise ``runs.FinishedRunError`` says so and still nothing is
+written: a rerun never retrains over a finished run's results. A student's teacher is identified by
+its params fingerprint, recorded with the student's checkpoints and final metrics (not by
+``teacher_workdir``, which may move with the runs); resuming or reusing a student against another
+teacher is refused. Then process 0 takes the workdir's lock for the run (``drd_jax.workdir_lock``:
 a second live run on the workdir is refused at once, naming the holder's pid and host; a killed
 run's lock never blocks).
 
@@ -68,13 +71,13 @@ import numpy as np
 from drd_jax import distillation as distillation_lib
 from drd_jax import input_pipeline, loop, runs, serving
 from drd_jax.checkpointing import Checkpointer, check_workdir_config
-from drd_jax.config import field_error, fingerprint, resolve_data_dir, validate_config
+from drd_jax.config import field_error, resolve_data_dir, validate_config
 from drd_jax.divergence import DivergenceMonitor, TrainingDivergedError
 from drd_jax.extras import require
 from drd_jax.files import DiskFullError, check_writable_dir, disk_full_error, is_disk_full
 from drd_jax.metric_writers import MetricWriter
 from drd_jax.parallel import DataParallel, main_process_first
-from drd_jax.state import create_train_state, make_model
+from drd_jax.state import create_train_state, make_model, params_fingerprint
 from drd_jax.steps import eval_step, make_train_step
 from drd_jax.workdir_lock import WorkdirLock, WorkdirLockedError
 
@@ -92,15 +95,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     """
     validate_config(config)
     workdir = _check_workdir(workdir)
-    config_fp = fingerprint(config)
+    config_fp = runs.run_fingerprint(workdir, config)
     check_workdir_config(workdir, config_fp)
     par = _data_parallel(config)
-    done = runs.finished_run(workdir, config_fp)
+    teacher = _load_teacher(config)
+    done = runs.finished_run(workdir, config_fp, teacher_params_fingerprint=teacher.fingerprint)
     if done is not None:
         logging.info("%s holds this finished run: its final metrics (nothing written)", workdir)
         return done
     data = _load_data(config)
-    teacher = _load_teacher(config, len(data.class_names))
+    if teacher.params is not None:
+        runs.check_teacher_classes(config, teacher.params, len(data.class_names))
     with _disk_full_named(workdir), _workdir_lock(workdir):
         ckpt = Checkpointer(
             workdir,
@@ -162,8 +167,8 @@ def _eval_canvas(config, test) -> tuple[int, int] | None:
 
 def _load_data(config) -> _Data:
     """Builds the dataset if needed (synthetic data; one process of a multi-host job), opens its
-    splits, reads the first and last record of every shard (``CorruptDataError`` naming the
-    shard and the rebuild command) and checks ``config.eval_pad_to`` against the test images."""
+    splits, verifies every record of both (``CorruptDataError`` naming the shard and the rebuild
+    command) and checks ``config.eval_pad_to`` against the test images."""
     data_dir = resolve_data_dir(config)
     train = main_process_first(  # one process builds synthetic data
         lambda: input_pipeline.load_data_source(
@@ -173,16 +178,33 @@ def _load_data(config) -> _Data:
     )
     test = input_pipeline.load_data_source(config.dataset, "test", data_dir=data_dir)
     for source in (train, test):
-        input_pipeline.check_readable(source, dataset=config.dataset, data_dir=data_dir)
+        check = input_pipeline.check_readable(source, dataset=config.dataset, data_dir=data_dir)
+        logging.info(
+            "%s: verified %d records (%.1f MB) in %.1f s",
+            config.dataset,
+            check.records,
+            check.bytes / 1e6,
+            check.seconds,
+        )
     class_names = input_pipeline.dataset_class_names(config.dataset, train)
     return _Data(train, test, class_names, _eval_canvas(config, test))
 
 
-def _load_teacher(config, num_classes: int) -> tuple[Any, Any]:
-    """``(teacher_config, teacher_params)`` of a student with a teacher, else ``(None, None)``."""
+class _Teacher(NamedTuple):
+    """A student's teacher: its config, params (host arrays) and params fingerprint, which
+    identifies it in the student's checkpoints and final metrics (all None without one)."""
+
+    config: Any = None
+    params: Any = None
+    fingerprint: str | None = None
+
+
+def _load_teacher(config) -> _Teacher:
+    """The teacher of a student with one (``config.teacher_workdir``), else an empty one."""
     if config.mode == "student" and config.teacher_workdir:
-        return runs.load_teacher(config, num_classes)
-    return None, None
+        tconfig, params = runs.load_teacher(config)
+        return _Teacher(tconfig, params, params_fingerprint(params))
+    return _Teacher()
 
 
 @contextlib.contextmanager
@@ -309,9 +331,9 @@ class _Start(NamedTuple):
 
 def _start(config, workdir, ckpt: Checkpointer, par: DataParallel, teacher, num_classes) -> _Start:
     """The initial state, restored from the newest readable checkpoint when there is one
-    (damaged newer ones are moved aside with a warning: ``Checkpointer.restore(fall_back=True)``);
-    ``teacher`` is :func:`_load_teacher`'s pair."""
-    tconfig, teacher_params = teacher
+    (damaged newer ones are moved aside with a warning: ``Checkpointer.restore(fall_back=True)``;
+    one trained against another teacher is refused); ``teacher`` is :func:`_load_teacher`'s."""
+    tconfig, teacher_params, teacher_fp = teacher
     distillation = None
     if tconfig is not None:
         teacher_model = make_model(tconfig, num_classes, depth_aware=True)
@@ -322,7 +344,8 @@ def _start(config, workdir, ckpt: Checkpointer, par: DataParallel, teacher, num_
     if ckpt.latest_step() is not None:
         # jit: restore straight into the replicated global arrays (multi-host safe).
         target = state if par.kind == "pmap" else par.put_state(state)
-        state, _ = ckpt.restore(target=target, fall_back=True)
+        state, extra = ckpt.restore(target=target, fall_back=True)
+        runs.check_same_teacher(workdir, extra.get(runs.TEACHER_KEY), teacher_fp)
         step = int(state.step)
         logging.info("resumed %s at step %d", workdir, step)
     if distillation is None or not distillation.any_term:
@@ -400,6 +423,8 @@ def _train(config, workdir: pathlib.Path, ckpt: Checkpointer, par, data: _Data, 
         if not final and (step == total or not save_due(step)):
             return None
         extra = {"data_step": step, "class_names": class_names}
+        if teacher.fingerprint:
+            extra[runs.TEACHER_KEY] = teacher.fingerprint
         if not (final or eval_due(step)):
             ckpt.save(step, par.unreplicate(state), extra=extra, force=step == end)
             return None
@@ -451,7 +476,14 @@ def _train(config, workdir: pathlib.Path, ckpt: Checkpointer, par, data: _Data, 
             result = {"stopped_at_step": final_step, "steps": final_step, "mode": config.mode}
         else:
             cm = save(total, state, final=True)
-            result = runs.final_metrics(config, cm, class_names, par.unreplicate(state).params)
+            result = runs.final_metrics(
+                config,
+                cm,
+                class_names,
+                par.unreplicate(state).params,
+                config_fingerprint=ckpt.config_fingerprint,
+                teacher_params_fingerprint=teacher.fingerprint,
+            )
             ckpt.wait()  # final_metrics.json only once the final checkpoint is on disk
             if is_main:
                 runs.write_final_metrics(workdir, result)

@@ -26,16 +26,19 @@ Writes, atomically, into ``<workdir>``:
   paper's figures for NYUv2 / SUN RGB-D where the paper has that row, the run's key, wall time);
 * ``results.md``: the same as Markdown tables (printed at the end), with every run's test mIoU at
   each of its evaluations (``config.eval_every_steps`` and the end; ``eval_curves`` in the JSON);
-* ``fig4.png``: Table 1's runs on the first test images (RGB, depth, GT, BL, TN, SN, legend);
+* ``fig4.png``: Table 1's runs on the first ``--figure_images`` test images (RGB, depth, GT, BL,
+  TN, SN, legend; ``--figure_images=0``: no figure);
 * ``curves.png``: training loss and test mIoU of every run.
 
 ``--multihost`` (with ``--coordinator_address``, ``--num_processes``, ``--process_id``, or
-auto-detected; ``experiments/multihost.py``): every process runs this command as one job on
-shared storage. Process 0 builds the dataset, each run is trained by all processes together, the
-PS-start evaluation is shared out, and process 0 alone writes the results and figures.
+auto-detected, and ``--coordinator_timeout``; ``experiments/multihost.py``; ``--help`` lists
+them): every process runs this command as one job on shared storage. Process 0 builds the
+dataset, each run is trained by all processes together, the PS-start evaluation is shared out,
+and process 0 alone writes the results and figures.
 
 Every run's config is checked before anything is built or trained: a bad flag or config value is
-one line (``error: config.<field>: ...``) with exit status 2 (``experiments/cli.py``).
+one line (``error: config.<field>: ...``) with exit status 2 (``experiments/cli.py``); so are
+``--kd_methods`` without table kd (it would be ignored) and a negative ``--figure_images``.
 """
 
 from __future__ import annotations
@@ -83,6 +86,20 @@ def parse_kd_methods(methods: list[str] | None) -> list[str] | None:
         raise ValueError(f"--kd_methods: {e}") from e
 
 
+def check_options(tables: list[str], *, figure_images: int, kd_methods) -> None:
+    """``--figure_images`` is an int >= 0 (0 = no ``fig4.png``) and ``--kd_methods`` is given only
+    with table kd (the only table it changes); ``ValueError`` naming the flag otherwise."""
+    if isinstance(figure_images, bool) or not isinstance(figure_images, int) or figure_images < 0:
+        raise ValueError(
+            f"--figure_images must be an int >= 0 (0 = no {FIGURE}), got {figure_images!r}"
+        )
+    if kd_methods is not None and "kd" not in tables:
+        raise ValueError(
+            f"--kd_methods chooses the rows of table kd only, but --table={','.join(tables)}; "
+            "add kd to --table or drop --kd_methods"
+        )
+
+
 def run_config(base: ml_collections.ConfigDict, run, runs_dir: pathlib.Path):
     """The base config with ``run``'s overrides (and its teacher's workdir)."""
     config = ml_collections.ConfigDict(base.to_dict())
@@ -95,10 +112,13 @@ def run_config(base: ml_collections.ConfigDict, run, runs_dir: pathlib.Path):
 def train_or_reuse(config, workdir: pathlib.Path) -> tuple[dict, float, bool]:
     """``(final_metrics, seconds, reused)``; reuses a finished run with the same config
     (``runs.finished_run``: its final metrics, checked against its latest checkpoint)."""
-    from drd_jax import config as config_lib
     from drd_jax import runs, train
 
-    done = runs.finished_run(workdir, config_lib.fingerprint(config))
+    done = runs.finished_run(
+        workdir,
+        runs.run_fingerprint(workdir, config),
+        teacher_params_fingerprint=runs.teacher_fingerprint(config),
+    )
     if done is not None:
         logging.info("reusing %s", workdir)
         return done, 0.0, True
@@ -229,7 +249,11 @@ def reproduce(
 ) -> dict:
     """Trains (or reuses) every run of ``tables`` and writes the results; returns the summary.
 
-    ``kd_methods``: table kd's methods (``protocols.KD_METHODS`` keys; default all).
+    ``kd_methods``: table kd's methods (``protocols.KD_METHODS`` keys; default all; only with
+    table kd). ``figure_images``: test images in ``fig4.png`` (Table 1 only; 0 = no figure).
+    Raises ``ValueError`` before anything is built or written for a bad option
+    (:func:`check_options`) or a bad config value of any run of ``tables``
+    (``drd_jax.config.validate_config``, ``config.<field>: ...``).
     """
     import jax
 
@@ -239,6 +263,7 @@ def reproduce(
     from drd_jax.parallel import main_process_first, sync_processes
     from experiments import protocols
 
+    check_options(tables, figure_images=figure_images, kd_methods=kd_methods)
     workdir = pathlib.Path(workdir).expanduser().absolute()
     runs_dir = workdir / "runs"
     rows = [
@@ -348,9 +373,14 @@ def define_flags() -> None:
     flags.DEFINE_list(
         "kd_methods",
         None,
-        "Table kd: only these methods (of pixel, pair, holistic, SKD, KA, affinity); default all.",
+        "Table kd: only these methods (of pixel, pair, holistic, SKD, KA, affinity); default all. "
+        "Refused without kd in --table.",
     )
-    flags.DEFINE_integer("figure_images", 4, "Test images shown in fig4.png.")
+    flags.DEFINE_integer(
+        "figure_images",
+        4,
+        "Test images shown in fig4.png (Table 1's figure); 0 = no fig4.png; must be >= 0.",
+    )
     flags.DEFINE_string(
         "compilation_cache",
         "auto",
@@ -360,6 +390,7 @@ def define_flags() -> None:
     config_flags.DEFINE_config_file("config", None, "Base training config file.", lock_config=True)
     flags.mark_flags_as_required(["config", "workdir"])
     multihost.define_flags()
+    flags.adopt_module_key_flags(multihost)  # --help lists the --multihost flags too
 
 
 def main(argv):
@@ -368,6 +399,7 @@ def main(argv):
     try:
         tables = parse_tables(FLAGS.table)
         parse_kd_methods(FLAGS.kd_methods)
+        check_options(tables, figure_images=FLAGS.figure_images, kd_methods=FLAGS.kd_methods)
         multihost.initialize()  # before anything touches JAX
     except ValueError as e:
         raise app.UsageError(str(e)) from e

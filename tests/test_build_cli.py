@@ -1,6 +1,9 @@
 """``python -m tfds_builders.build``: name/config resolution, errors, a real (tiny) build."""
 
+import errno
 import importlib.util
+import os
+import shutil
 import subprocess
 import sys
 
@@ -71,7 +74,8 @@ def test_build_nyuv2_13_and_reuse(tmp_path, capsys):
     assert build.main(argv) == 0
     captured = capsys.readouterr()
     assert "nyuv2/13/1.0.0: test 2, train 1 examples" in captured.out
-    assert "Generating" in captured.err  # TFDS's tqdm progress bar
+    # Not a terminal (captured): one plain line, no tqdm frames.
+    assert captured.err == f"nyuv2/13/1.0.0: building in {tmp_path / 'data'} ...\n"
     source = tfds.data_source("nyuv2/13", data_dir=str(tmp_path / "data"))
     example = source["train"][0]
     map13 = np.concatenate([[0], np.arange(40) % 13 + 1])
@@ -100,3 +104,140 @@ def test_synthetic_rgbd_needs_no_manual_dir(tmp_path, capsys):
     argv = ["synthetic_rgbd", "--data_dir", str(tmp_path), "--max_examples_per_split", "2"]
     assert build.main(argv) == 0
     assert "synthetic_rgbd/" in capsys.readouterr().out
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+@pytest.mark.parametrize("under", [False, True], ids=["a_file", "under_a_file"])
+def test_data_dir_that_is_a_file(tmp_path, capsys, under):
+    (tmp_path / "f").write_text("not a folder")
+    data_dir = tmp_path / "f" / "d" if under else tmp_path / "f"
+    assert build.main(["synthetic_rgbd", "--data_dir", str(data_dir)]) == 2
+    err = _one_error_line(capsys)
+    assert f"--data_dir {data_dir}: " in err and "expected a folder" in err
+
+
+@pytest.mark.parametrize("under", [False, True], ids=["a_file", "under_a_file"])
+def test_manual_dir_that_is_a_file(tmp_path, capsys, under):
+    (tmp_path / "f").write_text("not a folder")
+    manual = tmp_path / "f" / "m" if under else tmp_path / "f"
+    argv = ["nyuv2", "--data_dir", str(tmp_path / "d"), "--manual_dir", str(manual)]
+    assert build.main(argv) == 2
+    err = _one_error_line(capsys)
+    assert f"--manual_dir {manual}: " in err and "expected the folder holding the manual" in err
+    assert not (tmp_path / "d" / "nyuv2").exists()
+
+
+def test_data_dir_where_nothing_can_be_written(tmp_path, capsys, monkeypatch):
+    """Root writes through permission bits: the refusal of a read-only file system, simulated."""
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), kwargs.get("dir"))
+
+    monkeypatch.setattr(build.tempfile, "TemporaryFile", read_only)
+    assert build.main(["synthetic_rgbd", "--data_dir", str(tmp_path / "d")]) == 2
+    err = _one_error_line(capsys)
+    assert f"--data_dir {tmp_path / 'd'}: cannot write there (read-only file system)" in err
+
+
+def _mount_read_only(source, target):
+    """Bind-mounts ``source`` read-only at ``target``; skips where that is not allowed."""
+    target.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting needs root")
+    done = subprocess.run(
+        ["mount", "--bind", "-o", "ro", str(source), str(target)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode:
+        pytest.skip(f"cannot bind-mount read-only here: {done.stderr.strip()}")
+
+
+def _unmount(*targets):
+    for target in targets:
+        subprocess.run(["umount", "-l", str(target)], check=False)
+
+
+def test_data_dir_on_a_read_only_mount(tmp_path, capsys):
+    """A real read-only mount: refused for a build, fine for a dataset already prepared there."""
+    argv = ["synthetic_rgbd", "--max_examples_per_split", "2", "--data_dir"]
+    assert build.main([*argv, str(tmp_path / "data")]) == 0
+    (tmp_path / "empty").mkdir()
+    try:
+        _mount_read_only(tmp_path / "empty", tmp_path / "ro_empty")
+        _mount_read_only(tmp_path / "data", tmp_path / "ro_data")
+        capsys.readouterr()
+        assert build.main([*argv, str(tmp_path / "ro_empty")]) == 2
+        err = _one_error_line(capsys)
+        assert f"--data_dir {tmp_path / 'ro_empty'}: cannot write there (read-only file" in err
+        assert build.main([*argv, str(tmp_path / "ro_data")]) == 0  # already there: reused
+    finally:
+        _unmount(tmp_path / "ro_empty", tmp_path / "ro_data")
+
+
+def test_a_read_only_manual_dir_is_fine(tmp_path, capsys):
+    """The builders only read the manual downloads."""
+    _tiny_nyu_manual(tmp_path / "manual")
+    try:
+        _mount_read_only(tmp_path / "manual", tmp_path / "ro")
+        argv = ["nyuv2", "--config", "13", "--data_dir", str(tmp_path / "data")]
+        assert build.main([*argv, "--manual_dir", str(tmp_path / "ro")]) == 0
+        assert "nyuv2/13/1.0.0: test 2, train 1 examples" in capsys.readouterr().out
+    finally:
+        _unmount(tmp_path / "ro")
+
+
+def _status(argv) -> int:
+    """``build.main(argv)``'s exit status, also when argparse exits."""
+    try:
+        return build.main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+@pytest.mark.parametrize("value", ["-3", "0", "abc"])
+def test_bad_max_examples_per_split(tmp_path, capsys, value):
+    argv = ["synthetic_rgbd", "--data_dir", str(tmp_path / "d"), "--max_examples_per_split", value]
+    assert _status(argv) == 2
+    err = _one_error_line(capsys)
+    assert "--max_examples_per_split" in err
+    assert ("positive number" in err) if value != "abc" else ("invalid int value" in err)
+    assert not (tmp_path / "d" / "synthetic_rgbd").exists()
+
+
+def test_progress_bars_on_a_terminal_only(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    argv = ["synthetic_rgbd", "--data_dir", str(tmp_path), "--max_examples_per_split", "2"]
+    assert build.main(argv) == 0
+    assert "Generating" in capsys.readouterr().err  # TFDS's tqdm progress bars
+
+
+def test_quiet_off_a_terminal(tmp_path):
+    """A log gets one plain line and the summary: no tqdm frames, no OpenCV warning (TFDS logs
+    it the first time it decodes an image, e.g. in a script that builds then reads)."""
+    script = (
+        "import sys; from absl import logging; from tfds_builders import build; "
+        "code = build.main(sys.argv[1:]); "
+        "logging.warning('OpenCV is not installed. We recommend using OpenCV because it is "
+        "faster'); logging.warning('a warning that stays'); sys.exit(code)"
+    )
+    argv = ["synthetic_rgbd", "--data_dir", str(tmp_path), "--max_examples_per_split", "2"]
+    result = subprocess.run(
+        [sys.executable, "-c", script, *argv],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert "\r" not in result.stderr and "OpenCV" not in result.stderr
+    assert lines[0] == f"synthetic_rgbd/default/2.0.0: building in {tmp_path} ..."
+    assert len(lines) == 2 and "a warning that stays" in lines[1], result.stderr
+    assert result.stdout.startswith("synthetic_rgbd/default/2.0.0: ")

@@ -2,6 +2,8 @@
 
 import json
 import pathlib
+import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -209,6 +211,31 @@ def test_a_second_invocation_reuses_finished_runs_and_adds_table3(table1, data_d
     assert f"SN − BL = {kept:.1f} against 0.5·(TN − BL) = {gain:.1f}" in md
 
 
+def test_a_moved_copy_reuses_every_run(table1, data_dir, tmp_path):
+    """``cp -a`` of an experiment elsewhere: its students name their teacher by params, not by
+    the old absolute path, so nothing is trained again and nothing of the copy's runs changes."""
+    workdir, first = table1
+    copy = tmp_path / "moved"
+    shutil.copytree(workdir, copy, symlinks=True)
+    before = {p: p.read_bytes() for p in (copy / "runs").rglob("*") if p.is_file()}
+    summary = reproduce.reproduce(tiny(data_dir), copy, ["1"], figure_images=0)
+    assert all(run["reused"] for run in summary["runs"].values()), summary["runs"]
+    assert [e["params_fingerprint"] for e in summary["tables"]["1"]] == [
+        e["params_fingerprint"] for e in first["tables"]["1"]
+    ]
+    assert {p: p.read_bytes() for p in (copy / "runs").rglob("*") if p.is_file()} == before
+
+
+def test_a_student_of_another_teacher_is_refused(table1):
+    workdir, _ = table1
+    recorded = json.loads((workdir / "runs" / "sn" / "final_metrics.json").read_text())
+    teacher = recorded[runs_lib.TEACHER_KEY]
+    runs_lib.check_same_teacher(workdir, teacher, teacher)
+    runs_lib.check_same_teacher(workdir, None, teacher)  # a run of an earlier version
+    with pytest.raises(ValueError, match=r"config\.teacher_workdir: .*another teacher"):
+        runs_lib.check_same_teacher(workdir, teacher, "0" * 64)
+
+
 def test_a_changed_config_is_not_silently_reused(table1, data_dir):
     workdir, _ = table1
     config = tiny(data_dir)
@@ -300,3 +327,52 @@ def test_feature_similarity_compares_every_conv_layer_with_the_teacher(table1):
         assert all(0.0 <= v <= 1.0 + 1e-9 for v in per_layer.values()), per_layer
     md = feature_similarity.markdown([result, result])
     assert "| PS start (TN params, plain) |" in md and "| run | conv1_1 |" in md
+
+
+# -- checks before anything is built or written --------------------------------------------------
+
+
+def test_a_bad_config_value_of_any_run_stops_before_the_first_run(data_dir, tmp_path, capsys):
+    config = tiny(data_dir)
+    config.scale_range = (0.0, 1.0)  # was refused only by the first run's input pipeline
+    workdir = tmp_path / "experiment"
+    with pytest.raises(ValueError, match=r"^config\.scale_range: "):
+        reproduce.reproduce(config, workdir, ["1"], figure_images=0)
+    assert "[1/" not in capsys.readouterr().out
+    assert not workdir.exists()
+
+
+@pytest.mark.parametrize(
+    "tables, kwargs, message",
+    [
+        (["1"], {"figure_images": -1}, r"--figure_images must be an int >= 0 \(0 = no fig4.png\)"),
+        (["1", "3"], {"kd_methods": ["pixel"]}, r"--kd_methods .*table kd only.*--table=1,3"),
+    ],
+)
+def test_options_that_would_be_ignored_are_refused_first(
+    data_dir, tmp_path, tables, kwargs, message
+):
+    workdir = tmp_path / "experiment"
+    with pytest.raises(ValueError, match=message):
+        reproduce.reproduce(tiny(data_dir), workdir, tables, **kwargs)
+    assert not workdir.exists()
+
+
+def test_the_command_line_refuses_them_in_one_line(tmp_path):
+    from helpers import run_command
+
+    workdir = tmp_path / "experiment"
+    command = [
+        sys.executable,
+        "-m",
+        "experiments.reproduce",
+        "--config=experiments/configs/synthetic.py:tiny",
+        f"--workdir={workdir}",
+    ]
+    proc = run_command([*command, "--figure_images=-1"], timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: --figure_images must be")
+    proc = run_command([*command, "--table=1", "--kd_methods=pixel"], timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: --kd_methods ")
+    assert not workdir.exists()

@@ -190,3 +190,22 @@ def test_a_non_finite_first_interval_says_there_is_no_checkpoint(data_dir, tmp_p
         train.train_and_evaluate(c, tmp_path / "run")
     assert "step None" not in str(info.value)
     assert "no checkpoint was written yet" in str(info.value)
+
+
+def test_a_students_fingerprint_names_its_teacher_by_params_not_path(data_dir, tmp_path):
+    from drd_jax import config as config_lib
+
+    config = tiny(data_dir, mode="student", teacher_workdir="/old/place/tn")
+    moved = tiny(data_dir, mode="student", teacher_workdir="/new/place/tn")
+    assert config_lib.fingerprint(config) == config_lib.fingerprint(moved)
+    assert runs.run_fingerprint(tmp_path / "new", config) == config_lib.fingerprint(config)
+    # A student recorded by an earlier version (its teacher's path in its fingerprint) keeps it
+    # in place: resumed and reused, its config.json accepted by readers.
+    (legacy,) = config_lib.legacy_fingerprints(config)
+    assert legacy != config_lib.fingerprint(config)
+    old = tmp_path / "old"
+    old.mkdir()
+    body = {"config_fingerprint": legacy, "config": config.to_dict()}
+    (old / "config.json").write_text(json.dumps(body))
+    assert runs.run_fingerprint(old, config) == legacy
+    assert runs.read_run_config(old)[1] == legacy

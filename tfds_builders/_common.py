@@ -4,8 +4,12 @@
   builder's configs listed (:func:`check_config_name`), and preparing a dataset logs one line
   instead of TFDS's "Downloading and preparing dataset Unknown size" (nothing is downloaded).
 * Errors that say what went wrong and where: :class:`MissingFilesError` lists every missing
-  manual-download file with the places searched and where to get it; :class:`InvalidFileError`
-  names the unreadable / truncated / wrong file; :class:`InvalidFrameError` names the frame.
+  manual-download file with the places searched and where to get it, and ends with the builder
+  command that takes them (``python -m tfds_builders.build NAME --config C --data_dir D
+  --manual_dir <folder>``: the builder's flag, whoever asked for the dataset);
+  :class:`InvalidFileError` names the unreadable / truncated / wrong file;
+  :class:`InvalidFrameError` names the frame; :class:`DatasetInfoError` names a prepared
+  dataset's ``dataset_info.json`` that does not load (raised by every builder's constructor).
 * Locating manually downloaded files (:class:`ManualFile`, :func:`locate_manual_files`).
 * MATLAB readers: MAT v5 through scipy (:func:`load_mat_v5`), MAT v7.3 = HDF5 through h5py
   (:func:`open_mat73`, :func:`mat73_string`, :func:`mat73_refs`), read lazily.
@@ -62,6 +66,26 @@ class UnknownConfigError(ValueError):
     """A builder config name that the builder does not have; the message lists the ones it has."""
 
 
+class DatasetInfoError(ValueError):
+    """The ``dataset_info.json`` of a prepared dataset does not load (not JSON, cut short,
+    unreadable): the dataset on disk is damaged and must be rebuilt.
+
+    Attributes:
+      damaged_file: the path of that ``dataset_info.json``.
+      reason: what the reader said, in one line.
+      data_dir: the builder's data dir (the folder holding ``<name>/``).
+    """
+
+    def __init__(self, damaged_file: PathLike, reason: str, data_dir: PathLike):
+        self.damaged_file = str(damaged_file)
+        self.reason = " ".join(str(reason).split())
+        self.data_dir = str(data_dir)
+        super().__init__(
+            f"{self.damaged_file}: does not load ({self.reason}); the prepared dataset is "
+            "damaged: rebuild it (python -m tfds_builders.build ... --overwrite)"
+        )
+
+
 # --------------------------------------------------------------------------------------------
 # Every builder.
 
@@ -100,11 +124,26 @@ class BuilderChecks:
     * Preparing logs one INFO line before and one after, in place of TFDS's two bold lines on
       stdout ("Downloading and preparing dataset Unknown size ..."): these datasets download
       nothing, they are generated or built from manual downloads.
+    * A prepared dataset whose ``dataset_info.json`` does not load raises
+      :class:`DatasetInfoError` naming that file (TFDS: two chained protobuf tracebacks).
     """
 
     def __init__(self, *, config=None, **kwargs):
         check_config_name(type(self), config)
-        super().__init__(config=config, **kwargs)
+        try:
+            super().__init__(config=config, **kwargs)
+        except Exception as err:
+            damaged = _unloadable_dataset_info(self, err)
+            if damaged is None:
+                raise
+            raise DatasetInfoError(damaged, _reason(err), self._data_dir_root) from err
+
+    def manual_build_command(self) -> str:
+        """The builder command that prepares this dataset from a folder of manual downloads."""
+        return (
+            f"python -m tfds_builders.build {self.name} --config {self.builder_config.name} "
+            f"--data_dir {self._data_dir_root} --manual_dir <folder holding them>"
+        )
 
     def _dataset_label(self) -> str:
         return f"{self.name}/{self.builder_config.name} {self.version}"
@@ -118,6 +157,31 @@ class BuilderChecks:
 
     def _log_download_done(self) -> None:  # TFDS: after preparing
         logging.info("%s: prepared in %s", self._dataset_label(), self.data_dir)
+
+
+def _unloadable_dataset_info(builder, err: BaseException) -> pathlib.Path | None:
+    """The ``dataset_info.json`` that ``err`` (raised by TFDS's builder constructor) failed to
+    load, or None when ``err`` is something else."""
+    from google.protobuf import json_format
+    from tensorflow_datasets.core import dataset_info
+
+    if not isinstance(
+        err, json_format.ParseError | dataset_info.DatasetInfoFileError | UnicodeDecodeError
+    ):
+        return None
+    version_dir = getattr(builder, "_data_dir", None)
+    if version_dir is None:
+        return None
+    return pathlib.Path(os.fspath(version_dir)) / "dataset_info.json"
+
+
+def _reason(err: BaseException) -> str:
+    """``err`` in one line, with the error that caused it (TFDS wraps an OSError)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    cause = err.__cause__
+    if cause is not None and str(cause) and str(cause) not in text:
+        text += f": {' '.join(str(cause).split())}"
+    return text
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,25 +291,45 @@ def _missing_message(
     return "\n".join(lines)
 
 
+def _build_hint(build_command: str | None) -> str:
+    """The last line of a :class:`MissingFilesError`: how to give the builder the files."""
+    if build_command is None:
+        build_command = "python -m tfds_builders.build NAME --data_dir D --manual_dir <folder>"
+    return (
+        f"\nThen build the dataset with the builder's command: {build_command} "
+        "(in Python: tfds.download.DownloadConfig(manual_dir=...))."
+    )
+
+
 def resolve_manual_dir(
-    dl_manager: Any, dataset: str, files: Sequence[ManualFile], instructions: str
+    dl_manager: Any,
+    dataset: str,
+    files: Sequence[ManualFile],
+    instructions: str,
+    *,
+    build_command: str | None = None,
 ) -> pathlib.Path:
-    """``dl_manager.manual_dir``, or a :class:`MissingFilesError` listing every needed file."""
+    """``dl_manager.manual_dir``, or a :class:`MissingFilesError` listing every needed file and
+    ending with ``build_command`` (``BuilderChecks.manual_build_command``)."""
     try:
         return pathlib.Path(dl_manager.manual_dir)
     except AssertionError:  # TFDS: manual dir not enabled, absent or empty.
         root = getattr(dl_manager, "_manual_dir", None)
         raise MissingFilesError(
-            _missing_message(dataset, root, files, instructions)
-            + "\nPass the folder holding them with --manual_dir "
-            "(or tfds.download.DownloadConfig(manual_dir=...))."
+            _missing_message(dataset, root, files, instructions) + _build_hint(build_command)
         ) from None
 
 
 def locate_manual_files(
-    manual_dir: PathLike, files: Sequence[ManualFile], *, dataset: str, instructions: str
+    manual_dir: PathLike,
+    files: Sequence[ManualFile],
+    *,
+    dataset: str,
+    instructions: str,
+    build_command: str | None = None,
 ) -> dict[str, pathlib.Path]:
-    """Finds every file of ``files`` under ``manual_dir``; raises one error listing all missing."""
+    """Finds every file of ``files`` under ``manual_dir``; raises one error listing all missing
+    (ending with ``build_command``, as :func:`resolve_manual_dir`)."""
     root = pathlib.Path(manual_dir)
     found: dict[str, pathlib.Path] = {}
     missing: list[ManualFile] = []
@@ -256,7 +340,9 @@ def locate_manual_files(
         else:
             found[item.name] = path
     if missing:
-        raise MissingFilesError(_missing_message(dataset, root, missing, instructions))
+        raise MissingFilesError(
+            _missing_message(dataset, root, missing, instructions) + _build_hint(build_command)
+        )
     return found
 
 

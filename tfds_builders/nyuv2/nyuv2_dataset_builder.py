@@ -138,8 +138,9 @@ _FILES = {
 _DESCRIPTION = "NYU Depth V2 labeled frames (RGB, depth in metres, semantic labels)."
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
-Put these files in the manual directory (`--manual_dir`; TFDS default
-`<data_dir>/downloads/manual/`), at its top level or one sub-folder down:
+Put these files in one folder, at its top level or one sub-folder down, and give it to the
+builder: `python -m tfds_builders.build nyuv2 --config C --data_dir D --manual_dir <folder>`
+(without `--manual_dir` it looks in `<data_dir>/downloads/manual/`):
 
 * `{LABELED_MAT}` (~2.8 GB, MATLAB v7.3 / HDF5): the "Labeled dataset" of
   {HOMEPAGE}
@@ -434,10 +435,18 @@ class Builder(_common.BuilderChecks, tfds.core.GeneratorBasedBuilder):
         files = required_files(num_classes)
         dataset = f"{self.name}/{self.builder_config.name}"
         manual_dir = _common.resolve_manual_dir(
-            dl_manager, dataset, files, MANUAL_DOWNLOAD_INSTRUCTIONS
+            dl_manager,
+            dataset,
+            files,
+            MANUAL_DOWNLOAD_INSTRUCTIONS,
+            build_command=self.manual_build_command(),
         )
         paths = _common.locate_manual_files(
-            manual_dir, files, dataset=dataset, instructions=MANUAL_DOWNLOAD_INSTRUCTIONS
+            manual_dir,
+            files,
+            dataset=dataset,
+            instructions=MANUAL_DOWNLOAD_INSTRUCTIONS,
+            build_command=self.manual_build_command(),
         )
         splits = load_splits(paths[SPLITS_MAT])
         label_map = raw_label_map(num_classes, paths)

@@ -137,8 +137,9 @@ FILES = (
 )
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
-Download from {HOMEPAGE} and put in the manual directory (`--manual_dir`; TFDS default
-`<data_dir>/downloads/manual/`):
+Download from {HOMEPAGE} and put in one folder, given to the builder:
+`python -m tfds_builders.build sunrgbd --config C --data_dir D --manual_dir <folder>`
+(without `--manual_dir` it looks in `<data_dir>/downloads/manual/`):
 
 * `{DATA}` ({_DATA_URL}, ~6.8 GB), as is — members are read one by one — or extracted, as
   the folder `SUNRGBD/` (holding `kv1/ kv2/ realsense/ xtion/`).
@@ -464,10 +465,18 @@ class Builder(_common.BuilderChecks, tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         dataset = f"{self.name}/{self.builder_config.name}"
         manual_dir = _common.resolve_manual_dir(
-            dl_manager, dataset, FILES, MANUAL_DOWNLOAD_INSTRUCTIONS
+            dl_manager,
+            dataset,
+            FILES,
+            MANUAL_DOWNLOAD_INSTRUCTIONS,
+            build_command=self.manual_build_command(),
         )
         paths = _common.locate_manual_files(
-            manual_dir, FILES, dataset=dataset, instructions=MANUAL_DOWNLOAD_INSTRUCTIONS
+            manual_dir,
+            FILES,
+            dataset=dataset,
+            instructions=MANUAL_DOWNLOAD_INSTRUCTIONS,
+            build_command=self.manual_build_command(),
         )
         meta = load_meta(paths[META_MAT])
         split = load_split(paths[SPLIT_MAT])
