@@ -2,7 +2,8 @@
 
 An export directory (:func:`export_network`; ``experiments.export`` writes one from a run)::
 
-    <dir>/card.json        what the network is and how to feed it (see below), sha256 of the others
+    <dir>/card.json        what the network is and how to feed it (see below), sha256 of the
+                           others, and its own checksum (``card_sha256``, :func:`card_sha256`)
     <dir>/params.msgpack   the network's params alone (no optimiser state), float32 or bfloat16
     <dir>/model.stablehlo  ``jax.export`` of images (b, H, W, 3) float32 -> logits (b, H, W, K)
                            float32 at one fixed (H, W), any batch size b, params inside
@@ -22,6 +23,21 @@ Two ways to run an export (:func:`load_export`):
 * ``params.msgpack`` and the model rebuilt from the card (:meth:`ExportedNetwork.predictor`,
   ``ExportedNetwork.model``): at any image size, like a run's ``RunCheckpoint.predictor()``.
 
+Guarantees. Writing (:func:`export_network`) is atomic: the files go to a hidden sibling
+directory that is then renamed, so readers see no export or a whole one. Overwriting
+(``overwrite=True``) replaces an export only, and only its own files: the directory may hold
+:data:`EXPORT_FILES` as plain files and nothing else (:func:`check_output_dir`), it is checked
+again just before, and once more after it is renamed aside (another process may write into it
+meanwhile); it is renamed back and the overwrite refused if anything else is there. Files are
+only ever deleted by name, never a folder's contents (no ``rmtree``): a file another process
+writes meanwhile survives (the old folder is then left, with a warning). A full disk raises
+``files.DiskFullError`` naming the output, the space free and needed; every other write fault
+the same ``OSError`` type naming the output (never the temporary directory); nothing partial is
+left. Reading (:func:`load_export`) checks the export against itself before any use: the card's
+format version (:data:`FORMAT_VERSION`; an older export is refused: export it again), the
+card's own checksum (an edited card is refused), every file's sha256, the params against the
+card's model, the StableHLO's input and output shapes and platforms against the card.
+
 Reading an export needs jax, flax, numpy and ``flatbuffers`` (``jax.export``'s serialisation);
 this module imports nothing of the training or data extras (orbax, ml_collections, grain, TFDS,
 absl, PIL). A bfloat16 export stores bfloat16 params (half the bytes; flax's msgpack round-trips
@@ -38,7 +54,8 @@ import json
 import os
 import pathlib
 import secrets
-import shutil
+import stat
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -50,12 +67,15 @@ from flax.core import unfreeze
 from flax.traverse_util import flatten_dict
 
 import drd_jax
+from drd_jax import files
 from drd_jax.data import transforms
 from drd_jax.models import DeepLabVGG16
 
 __all__ = [
     "CARD_NAME",
+    "CARD_SHA256_KEY",
     "DTYPES",
+    "EXPORT_FILES",
     "FORMAT",
     "FORMAT_VERSION",
     "KNOWN_PLATFORMS",
@@ -63,6 +83,7 @@ __all__ = [
     "PARAMS_NAME",
     "PLATFORMS",
     "ExportedNetwork",
+    "card_sha256",
     "check_output_dir",
     "export_network",
     "is_export_dir",
@@ -70,10 +91,12 @@ __all__ = [
 ]
 
 FORMAT = "drd_jax.serving"  # card["format"]
-FORMAT_VERSION = 1  # card["format_version"]: what load_export reads
+FORMAT_VERSION = 2  # card["format_version"]: what load_export reads (1: no card_sha256)
 CARD_NAME = "card.json"
 PARAMS_NAME = "params.msgpack"
 MODEL_NAME = "model.stablehlo"
+EXPORT_FILES = (CARD_NAME, PARAMS_NAME, MODEL_NAME)  # all an export directory holds
+CARD_SHA256_KEY = "card_sha256"  # the card's own checksum (card_sha256()), recorded in it
 DTYPES = ("float32", "bfloat16")
 PLATFORMS = ("cpu", "cuda", "tpu")  # lowered for by default (cross-lowering works on any host)
 KNOWN_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # what jax.export lowers for
@@ -92,6 +115,7 @@ _CARD_KEYS = (
     "params",
     "platforms",
     "files",
+    CARD_SHA256_KEY,
 )
 _MODEL_FIELDS = tuple(
     f.name for f in dataclasses.fields(DeepLabVGG16) if f.name not in ("parent", "name")
@@ -117,6 +141,15 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def card_sha256(card: Mapping[str, Any]) -> str:
+    """sha256 (hex) of ``card`` without its :data:`CARD_SHA256_KEY` entry, as canonical JSON
+    (keys sorted, no spaces, ASCII): what ``card.json`` records under that key, so that an
+    edited card is refused. Indentation and key order of the file do not change it."""
+    body = {k: v for k, v in card.items() if k != CARD_SHA256_KEY}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return _sha256(text.encode("utf-8"))
+
+
 def _check_dtype(dtype: str) -> str:
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
@@ -135,28 +168,87 @@ def _check_platforms(platforms: Sequence[str]) -> tuple[str, ...]:
     return platforms
 
 
+def _entry_name(entry: os.DirEntry) -> str:
+    """``entry``'s name as listings show it: ``sub/`` for a folder, ``name (symlink)``."""
+    if entry.is_symlink():
+        return f"{entry.name} (symlink)"
+    return f"{entry.name}/" if entry.is_dir(follow_symlinks=False) else entry.name
+
+
+def _foreign_entries(path: pathlib.Path) -> list[str]:
+    """The entries of directory ``path`` that are not an export's own (:data:`EXPORT_FILES`
+    as plain files), sorted, as :func:`_entry_name` shows them."""
+    with os.scandir(path) as entries:
+        return sorted(
+            _entry_name(e)
+            for e in entries
+            if e.name not in EXPORT_FILES or e.is_symlink() or not e.is_file(follow_symlinks=False)
+        )
+
+
+def _listing(names: Sequence[str], limit: int = 8) -> str:
+    more = f", ... ({len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _check_export_only(path: pathlib.Path) -> None:
+    """``ValueError`` unless directory ``path`` holds an export (our ``card.json``) and nothing
+    else: :data:`EXPORT_FILES` as plain files, so that an overwrite deletes no one else's."""
+    others = _foreign_entries(path)
+    if not is_export_dir(path):
+        with os.scandir(path) as entries:
+            held = sorted(_entry_name(e) for e in entries)
+        raise ValueError(
+            f"output {path} is not empty and holds no drd-jax export ({CARD_NAME}): it holds "
+            f"{_listing(held)}; overwrite replaces an export only: choose another directory"
+        )
+    if others:
+        raise ValueError(
+            f"output {path} holds an export and files that are not part of it: "
+            f"{_listing(others)}; overwrite replaces an export's own files only "
+            f"({', '.join(EXPORT_FILES)}), never others: move them away or choose another "
+            "directory"
+        )
+
+
 def check_output_dir(output_dir: str | os.PathLike, *, overwrite: bool = False) -> pathlib.Path:
     """``output_dir`` as an absolute path, if an export may be written there.
 
+    It may not exist yet (it is created, with its parents) or be empty. With ``overwrite`` it
+    may also hold an export and nothing else: the plain files :data:`EXPORT_FILES`, its
+    ``card.json`` one of ours; any other entry (a file, a folder, a symlink, or one of those
+    names as a folder or a link) is refused, so an overwrite never deletes another file.
+
     Raises:
       FileExistsError: it holds files and ``overwrite`` is False (naming it), or it is a file.
-      ValueError: it holds something that is not an export and ``overwrite`` is True (an
-        overwrite replaces exports only, never another directory's files).
+      NotADirectoryError: it is a symlink, or sits under a file.
+      files.UnusableDirectoryError: it (or the directory it would be created in) cannot be
+        written (permissions, a read-only file system).
+      ValueError: ``overwrite`` is True and it holds something other than an export's own
+        files (naming them) or no export at all (listing what it holds).
     """
     path = pathlib.Path(output_dir).expanduser().absolute()
+    if path.is_symlink():
+        raise NotADirectoryError(
+            f"output {path} is a symlink; give the directory itself (--output)"
+        )
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"output {path} exists and is not a directory")
+    existing = path
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(
+            f"output {path} cannot be created: {existing} is a file, not a directory (--output)"
+        )
+    files.check_writable_dir(path, what="output")
     if path.is_dir() and any(path.iterdir()):
         if not overwrite:
             raise FileExistsError(
                 f"output {path} already exists and is not empty; choose another directory, "
                 "or replace the export there with overwrite (--overwrite)"
             )
-        if not is_export_dir(path):
-            raise ValueError(
-                f"output {path} is not empty and holds no drd-jax export ({CARD_NAME}); "
-                "overwrite replaces an export only: choose another directory"
-            )
+        _check_export_only(path)
     return path
 
 
@@ -231,37 +323,128 @@ def _lower(model, params, input_size, platforms) -> jax.export.Exported:
         ) from e
 
 
-def _write_new_dir(path: pathlib.Path, files: Mapping[str, bytes], *, overwrite: bool) -> None:
-    """Writes ``files`` into a hidden sibling directory, then renames it to ``path``: readers see
-    no export or a whole one. With ``overwrite``, a previous export at ``path`` is moved aside
-    first and deleted once the new one is in place (restored if the rename fails)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _remove_files(directory: pathlib.Path, names: Sequence[str]) -> bool:
+    """Deletes the plain files ``names`` in ``directory`` (by name: nothing else, no folder,
+    no symlink), then ``directory`` itself if it is then empty. True when it is gone."""
+    for name in names:
+        file = directory / name
+        try:
+            if stat.S_ISREG(os.lstat(file).st_mode):
+                file.unlink()
+        except OSError:
+            pass  # already gone, or not ours to delete: the rmdir below then leaves the folder
+    try:
+        os.rmdir(directory)
+    except OSError:
+        return not os.path.lexists(directory)
+    return True
+
+
+def _write_fault(error: OSError, path: pathlib.Path, needed: int) -> OSError:
+    """The error to raise for ``error`` writing an export of ``needed`` bytes to ``path``: a
+    ``files.DiskFullError`` (the space free there, measured now, and needed), else the same
+    ``OSError`` type naming ``path`` and the reason (never the temporary directory)."""
+    if files.is_disk_full(error):
+        return files.disk_full_error(
+            path,
+            what="the export",
+            needed=f"it needs about {files.format_bytes(needed)}",
+            then="export again",
+        )
+    reason = error.strerror or str(error) or type(error).__name__
+    fault = type(error)(f"output {path}: cannot write the export there ({reason})")
+    fault.errno = error.errno
+    return fault
+
+
+def _restore(old: pathlib.Path, path: pathlib.Path) -> None:
+    """Renames the previous export ``old`` back to ``path``."""
+    try:
+        os.rename(old, path)
+    except OSError:
+        raise FileExistsError(
+            f"output {path}: another process wrote there while the export was written; nothing "
+            f"was deleted: the previous export (and what was written into it) is in {old}"
+        ) from None
+
+
+def _move_in(path: pathlib.Path, tmp: pathlib.Path, token: str, overwrite: bool):
+    """Renames the written directory ``tmp`` to ``path``; returns where the previous export was
+    moved aside (None if there was none). With ``overwrite``, the export at ``path`` is checked
+    again (another process may have written there), renamed aside and checked once more there;
+    if it then holds anything else, it is renamed back and the overwrite refused."""
+    check_output_dir(path, overwrite=overwrite)
+    old = None
+    if path.is_dir() and any(path.iterdir()):
+        old = path.with_name(f".{path.name}.old-{token}")
+        try:
+            os.rename(path, old)
+        except OSError as e:
+            raise FileExistsError(f"output {path}: cannot be replaced ({e.strerror})") from None
+        if _foreign_entries(old) or not is_export_dir(old):
+            _restore(old, path)
+            _check_export_only(path)  # raises, naming what else is there
+            raise ValueError(  # it changed back meanwhile: refuse all the same
+                f"output {path}: another process wrote there while the export was written; "
+                "nothing was replaced: export again"
+            )
+    try:
+        os.rename(tmp, path)  # replaces an empty directory
+    except OSError as e:
+        if old is not None:
+            _restore(old, path)
+        raise FileExistsError(f"output {path}: cannot be replaced ({e.strerror})") from None
+    return old
+
+
+def _write_new_dir(path: pathlib.Path, data: Mapping[str, bytes], *, overwrite: bool) -> None:
+    """Writes the files ``data`` into a hidden sibling directory, then renames it to ``path``:
+    readers see no export or a whole one. With ``overwrite``, a previous export at ``path`` is
+    moved aside first (:func:`_move_in`); once the new one is in place its files are deleted by
+    name and its directory removed if then empty (else left there, with a warning). Nothing is
+    deleted recursively: a file another process writes meanwhile is never lost.
+
+    Raises:
+      files.DiskFullError: no space left (naming ``path``, the space free and needed); the
+        partial export is removed first.
+      OSError: another fault writing (the same type, naming ``path`` and the reason).
+      FileExistsError, ValueError: ``path`` changed meanwhile (:func:`check_output_dir`).
+    """
+    needed = sum(len(d) for d in data.values())
     token = f"{os.getpid()}-{secrets.token_hex(4)}"
     tmp = path.with_name(f".{path.name}.tmp-{token}")
-    os.mkdir(tmp)  # honours the umask, unlike tempfile.mkdtemp's 0o700
-    old = None
+    written: list[str] = []  # the names created in tmp: all that a failure deletes there
+
+    def discard() -> None:
+        if os.path.lexists(tmp):
+            _remove_files(tmp, written)
+
     try:
-        for name, data in files.items():
-            with open(tmp / name, "wb") as f:
-                f.write(data)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.mkdir(tmp)  # honours the umask, unlike tempfile.mkdtemp's 0o700
+        for name, content in data.items():
+            with open(tmp / name, "xb") as f:
+                written.append(name)
+                f.write(content)
                 f.flush()
                 os.fsync(f.fileno())
-        check_output_dir(path, overwrite=overwrite)  # again: another process may have written
-        if path.is_dir() and any(path.iterdir()):
-            old = path.with_name(f".{path.name}.old-{token}")
-            os.rename(path, old)
-        try:
-            os.rename(tmp, path)  # replaces an empty directory
-        except OSError as e:
-            if old is not None:
-                os.rename(old, path)
-                old = None
-            raise FileExistsError(f"output {path}: cannot be replaced ({e})") from None
+    except OSError as e:
+        discard()  # first: the space free is measured without it
+        raise _write_fault(e, path, needed) from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        discard()
         raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    try:
+        old = _move_in(path, tmp, token, overwrite)
+    except BaseException:
+        discard()
+        raise
+    if old is not None and not _remove_files(old, EXPORT_FILES):
+        warnings.warn(
+            f"the previous export of {path} was moved to {old} and something else was written "
+            "into it meanwhile: left there (its own files deleted); check it and delete it",
+            stacklevel=3,
+        )
 
 
 def export_network(
@@ -294,16 +477,24 @@ def export_network(
         ``tpu`` (no device of that kind needed here).
       card_extra: more top-level card entries (JSON values), e.g. ``source`` and ``metrics``;
         none may replace one this function writes.
-      overwrite: replace the export already in ``output_dir``.
+      overwrite: replace the export already in ``output_dir``: only if it holds an export and
+        nothing else (:func:`check_output_dir`); the old files are deleted by name once the new
+        export is in place, never anything else.
 
     Returns:
       The paths written: ``card.json``, ``params.msgpack``, ``model.stablehlo``.
 
     Raises:
       FileExistsError: ``output_dir`` holds files and ``overwrite`` is False.
+      NotADirectoryError, files.UnusableDirectoryError: ``output_dir`` is a symlink, sits under
+        a file or cannot be written (:func:`check_output_dir`).
+      files.DiskFullError: no space left writing (naming ``output_dir``, the space free and
+        needed); nothing is left behind.
+      OSError: another fault writing, of the same type, naming ``output_dir`` and the reason.
       ValueError: a bad argument (a depth-aware model, params that do not fit it, class names
-        that are not K, an unknown dtype or platform, a card_extra key of our own), or a
-        platform the network cannot be lowered for.
+        that are not K, an unknown dtype or platform, a card_extra key of our own), a platform
+        the network cannot be lowered for, or with ``overwrite`` an ``output_dir`` holding
+        anything but an export (before writing, or written there meanwhile).
     """
     path = check_output_dir(output_dir, overwrite=overwrite)
     dtype = _check_dtype(dtype)
@@ -372,9 +563,10 @@ def export_network(
         },
         **extra,
     }
+    card[CARD_SHA256_KEY] = card_sha256(card)
     card_bytes = (json.dumps(card, indent=2, allow_nan=False) + "\n").encode("utf-8")
-    files = {PARAMS_NAME: params_bytes, MODEL_NAME: model_bytes, CARD_NAME: card_bytes}
-    _write_new_dir(path, files, overwrite=overwrite)
+    contents = {PARAMS_NAME: params_bytes, MODEL_NAME: model_bytes, CARD_NAME: card_bytes}
+    _write_new_dir(path, contents, overwrite=overwrite)
     return [path / CARD_NAME, path / PARAMS_NAME, path / MODEL_NAME]
 
 
@@ -474,14 +666,83 @@ def _verified_bytes(path: pathlib.Path, name: str, card: Mapping[str, Any]) -> b
     return data
 
 
+def _check_card_sha256(card: Mapping[str, Any], card_path: pathlib.Path) -> None:
+    recorded = card.get(CARD_SHA256_KEY)
+    if not isinstance(recorded, str):
+        raise ValueError(
+            f"{card_path}: no {CARD_SHA256_KEY} (the card's own checksum); export the run again"
+        )
+    try:
+        actual = card_sha256(card)
+    except ValueError as e:  # NaN or infinity, which json.loads reads but no card holds
+        raise ValueError(f"{card_path}: not a valid export card ({e})") from None
+    if actual != recorded:
+        raise ValueError(
+            f"{card_path}: edited or damaged: its sha256 {actual} differs from {recorded} "
+            f"recorded in it ({CARD_SHA256_KEY}); an export is read as written: export the run "
+            "again"
+        )
+
+
+def _aval_text(aval) -> str:
+    return f"({', '.join(str(d) for d in aval.shape)}) {aval.dtype}"
+
+
+def _check_stablehlo_fits(
+    stablehlo: jax.export.Exported,
+    where: pathlib.Path,
+    *,
+    input_size: tuple[int, int],
+    num_classes: int,
+    platforms: Sequence[str],
+) -> None:
+    """``ValueError`` naming ``where`` unless ``stablehlo`` takes (b, H, W, 3) float32 to
+    (b, H, W, K) float32 at the card's ``input_size`` and ``num_classes``, for its platforms."""
+    h, w = input_size
+    fits = [
+        (stablehlo.in_avals, (h, w, 3), f"(b, {h}, {w}, 3) float32", "takes"),
+        (
+            stablehlo.out_avals,
+            (h, w, num_classes),
+            f"(b, {h}, {w}, {num_classes}) float32",
+            "returns",
+        ),
+    ]
+    for avals, shape, want, verb in fits:
+        ok = (
+            len(avals) == 1
+            and len(avals[0].shape) == 4
+            and tuple(avals[0].shape[1:]) == shape
+            and avals[0].dtype == jnp.float32
+        )
+        if not ok:
+            got = ", ".join(_aval_text(a) for a in avals) or "nothing"
+            raise ValueError(
+                f"{where}: {verb} {got}, but {CARD_NAME} says {want}: the files do not belong "
+                "together; export the run again"
+            )
+    if tuple(stablehlo.platforms) != tuple(platforms):
+        raise ValueError(
+            f"{where}: lowered for platforms {list(stablehlo.platforms)}, but {CARD_NAME} says "
+            f"{list(platforms)}: the files do not belong together; export the run again"
+        )
+
+
 def load_export(path: str | os.PathLike) -> ExportedNetwork:
-    """Reads the export in ``path`` back, every file checked against the card's sha256.
+    """Reads the export in ``path`` back, checked against itself before any use.
+
+    Checked, in order: ``card.json`` is one of ours, of format version :data:`FORMAT_VERSION`
+    (an older export is refused: export the run again); its own checksum
+    (:data:`CARD_SHA256_KEY`, :func:`card_sha256`) matches, so an edited card is refused;
+    ``num_classes``, the class list and the model agree; each file matches the card's sha256;
+    the params have exactly the tree and shapes of the card's model at its input size; the
+    StableHLO takes and returns the card's input size and classes, for the card's platforms.
 
     Raises:
       FileNotFoundError: ``path`` or one of its files is missing (naming it).
-      ValueError: ``card.json`` is not an export card of format version :data:`FORMAT_VERSION`,
-        or a file is damaged (its sha256 differs from the card's) or cannot be read (naming it
-        and what was expected).
+      ValueError: one line naming the file and what was expected: not an export card, another
+        format version, an edited card, a damaged or replaced file, params or a StableHLO that
+        do not fit the card.
     """
     path = pathlib.Path(path).expanduser().absolute()
     card_path = path / CARD_NAME
@@ -499,32 +760,49 @@ def load_export(path: str | os.PathLike) -> ExportedNetwork:
             f"{card_path}: export format version {version!r}; drd_jax {drd_jax.__version__} "
             f"reads version {FORMAT_VERSION}: export the run again with this version"
         )
+    _check_card_sha256(card, card_path)
     try:
         class_names = [str(c["name"]) for c in card["classes"]]
+        num_classes = card["num_classes"]
         dtype = _check_dtype(card["params"]["dtype"])
         model = _model_from_card(card["model"], card_path)
-        transforms.check_size(card["input"]["size"], "input.size")
+        input_size = transforms.check_size(card["input"]["size"], "input.size")
+        platforms = _check_platforms(card["platforms"])
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{card_path}: not a valid export card ({type(e).__name__}: {e})") from e
-    if model.num_classes != len(class_names):
+    if num_classes != len(class_names) or model.num_classes != len(class_names):
         raise ValueError(
-            f"{card_path}: {len(class_names)} classes but a model of {model.num_classes}"
+            f"{card_path}: {len(class_names)} classes listed, but num_classes {num_classes!r} "
+            f"and a model of {model.num_classes}"
         )
 
+    params_path = path / PARAMS_NAME
     params_bytes = _verified_bytes(path, PARAMS_NAME, card)
     try:
         params = serialization.msgpack_restore(params_bytes)
     except Exception as e:  # noqa: BLE001 - msgpack raises several types for bad bytes
-        raise ValueError(f"{path / PARAMS_NAME}: cannot be read as flax msgpack ({e})") from None
+        raise ValueError(f"{params_path}: cannot be read as flax msgpack ({e})") from None
     found = {str(np.asarray(x).dtype) for x in jax.tree.leaves(params)}
     if found != {dtype}:
-        raise ValueError(f"{path / PARAMS_NAME}: params of dtype {sorted(found)}, card: {dtype}")
+        raise ValueError(f"{params_path}: params of dtype {sorted(found)}, card: {dtype}")
+    try:
+        _check_params_fit(model, params, input_size)
+    except ValueError as e:
+        raise ValueError(f"{params_path}: {e}, as {CARD_NAME} describes it") from None
 
+    model_path = path / MODEL_NAME
     model_bytes = _verified_bytes(path, MODEL_NAME, card)
     try:
         stablehlo = jax.export.deserialize(bytearray(model_bytes))
     except ImportError as e:
-        raise ImportError(f"reading {path / MODEL_NAME} needs the flatbuffers package ({e})") from e
+        raise ImportError(f"reading {model_path} needs the flatbuffers package ({e})") from e
     except Exception as e:  # noqa: BLE001 - flatbuffers/MLIR raise several types for bad bytes
-        raise ValueError(f"{path / MODEL_NAME}: cannot be read by jax.export ({e})") from None
+        raise ValueError(f"{model_path}: cannot be read by jax.export ({e})") from None
+    _check_stablehlo_fits(
+        stablehlo,
+        model_path,
+        input_size=input_size,
+        num_classes=len(class_names),
+        platforms=platforms,
+    )
     return ExportedNetwork(path, card, params, class_names, model, stablehlo)

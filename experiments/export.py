@@ -14,18 +14,28 @@ empty, unless ``--overwrite`` replaces the export there) gets, atomically
   (b, H, W, 3) float32 -> logits (b, H, W, K) float32, any batch size b, at the fixed
   ``--input_size`` (default: the run's ``eval_pad_to`` if set, else the largest image of its
   test split), lowered for ``--platforms`` (default cpu, cuda, tpu; no such device needed here);
-* ``card.json``: classes, input size and normalisation (ImageNet mean and std on 0..255 RGB),
-  output, model and its constructor arguments, dtype, platforms, sha256 of both files, the source
-  run (workdir, step, checkpoint, mode, config fingerprint) and its measured mIoU and mean pixel
-  accuracy: from ``final_metrics.json`` when that evaluated these very params, else from the
-  evaluation recorded with the checkpoint, else null with the reason.
+* ``card.json``: its own checksum (an edited card is refused on load), classes, input size and
+  normalisation (ImageNet mean and std on 0..255 RGB), output, model and its constructor
+  arguments, dtype, platforms, sha256 of both files, the source run (workdir, step, checkpoint,
+  mode, config fingerprint) and its measured mIoU and mean pixel accuracy: from
+  ``final_metrics.json`` when that evaluated these very params, else from the evaluation
+  recorded with the checkpoint, else null with the reason.
 
 Read an export back with ``drd_jax.serving.load_export`` (jax, flax, numpy and flatbuffers; none
 of the training extras), or segment images with it:
 ``python -m experiments.segment --checkpoint=<export dir> ...``. A teacher run (RGB-D) is
-refused: export its student or baseline run. Faults (not a run, a teacher run, a
-non-empty ``--output``, an input size that cannot be found) are one line, ``error: ...``, exit
-status 2 (``experiments/cli.py``); nothing is written.
+refused: export its student or baseline run.
+
+``--overwrite`` replaces an export only, and only its own files: ``--output`` must hold
+``card.json`` (an export's), ``params.msgpack`` and ``model.stablehlo`` as plain files and
+nothing else; any other file, folder or symlink there (e.g. a run's workdir, notes beside the
+export) is refused, naming them, and nothing is deleted. The old export's files are deleted by
+name once the new export is in place; a file another process writes into it meanwhile is kept.
+
+Faults (not a run, a teacher run, a non-empty ``--output``, an ``--output`` that is a symlink,
+sits under a file or cannot be written, an input size that cannot be found) are one line,
+``error: ...``, exit status 2 (``experiments/cli.py``); nothing is written. A full disk is one
+line naming ``--output``, the space free there and needed, exit status 1; nothing is left.
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ from collections.abc import Sequence
 from absl import flags
 
 from drd_jax import serving
+from drd_jax.files import DiskFullError
 from experiments import cli
 
 
@@ -61,7 +72,11 @@ def define_flags() -> None:
         "Platforms model.stablehlo is lowered for (cpu, cuda, rocm, tpu).",
     )
     flags.DEFINE_boolean(
-        "overwrite", False, "Replace the export already in --output (never other files)."
+        "overwrite",
+        False,
+        "Replace the export already in --output. Only an export's own files (card.json, "
+        "params.msgpack, model.stablehlo) are replaced: --output holding anything else "
+        "(another file, a folder, a symlink) is refused and nothing is deleted.",
     )
     flags.register_validator(
         "input_size",
@@ -179,7 +194,7 @@ def export(
     overwrite: bool = False,
 ) -> list[pathlib.Path]:
     """The whole command; returns the written paths. Raises ``ExportError`` for user faults
-    (nothing written)."""
+    (nothing written), ``files.DiskFullError`` (unwrapped: exit status 1) for a full disk."""
     from drd_jax import runs
 
     try:
@@ -221,6 +236,8 @@ def export(
             card_extra=card_extra,
             overwrite=overwrite,
         )
+    except DiskFullError:
+        raise  # one line with the space free and needed, exit status 1 (its own user error)
     except (OSError, ValueError) as e:
         raise ExportError(str(e)) from None
 

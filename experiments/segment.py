@@ -11,11 +11,16 @@ used (``--which=latest`` for the newest). It may also be an export directory wri
 then segment each image at full size (not its fixed-size ``model.stablehlo``); it is RGB only and
 ``--which`` does not apply. Each image is read as RGB and normalised exactly as in
 evaluation (``drd_jax.data.transforms.normalize_image``), then run through the run's model at its
-own size. A teacher run (``config.mode == 'teacher'``, depth-aware) needs ``--depth``: one depth
-file per image, same order, comma-separated, each the image's size: a 16-bit PNG in millimetres or
-a ``.npy`` float array (H, W) in metres; 0 = no reading. A file whose median valid depth is over
-20 m is refused as not in those units (e.g. a ``.npy`` in millimetres); ``--depth_scale`` (metres
-per stored unit, e.g. 0.001) reads every depth file in the unit it names instead, unchecked.
+own size. Images are read as image viewers show them: turned by their EXIF orientation (a phone
+photo stored sideways is segmented upright, and its outputs and depth file have the turned size),
+16-bit grey images (e.g. PNG, TIFF) scaled to 8 bits by 1/257 (not clipped to white), 16-bit
+RGB(A) PNGs read at 8 bits; 32-bit integer and float images (e.g. TIFF modes ``I`` and ``F``)
+have no known range and are refused. A teacher run (``config.mode == 'teacher'``,
+depth-aware) needs ``--depth``: one depth file per image, same order, comma-separated, each the
+image's (turned) size: a 16-bit PNG in millimetres or a ``.npy`` float array (H, W) in metres;
+0 = no reading. A file whose median valid depth is over 20 m is refused as not in those units
+(e.g. a ``.npy`` in millimetres); ``--depth_scale`` (metres per stored unit, e.g. 0.001) reads
+every depth file in the unit it names instead, unchecked.
 Other runs and exports are RGB only and refuse ``--depth``.
 
 Outputs in ``--output_dir`` (created if needed), for each image ``<stem>``:
@@ -43,7 +48,7 @@ from typing import NamedTuple
 
 import numpy as np
 from absl import flags
-from PIL import Image
+from PIL import Image, ImageOps
 
 from experiments import cli
 
@@ -98,19 +103,67 @@ class Input(NamedTuple):
     depth: np.ndarray | None  # float32 (H, W) metres
 
 
-def read_image(path: pathlib.Path) -> np.ndarray:
-    """The RGB pixels of ``path`` as uint8 (H, W, 3); ``SegmentError`` naming it otherwise."""
+# PIL modes of 16-bit grey pixels (0..65535), scaled to 0..255 by 1/257 (65535 -> 255, 257 -> 1).
+GREY16_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+IMAGE_EXPECTED = "expected a readable RGB image"
+
+
+def _rgb8(im: Image.Image, path: pathlib.Path) -> np.ndarray:
+    """The pixels of ``im`` (already oriented) as uint8 RGB (H, W, 3): 16-bit grey scaled by
+    1/257, 32-bit integer or float pixels refused (their range is unknown), others by PIL."""
+    if im.mode in GREY16_MODES or (im.mode == "I" and im.format == "PNG"):
+        # PIL reads a 16-bit grey PNG as I;16 (or I, by older versions); convert("RGB") would
+        # clip it to 255, nearly white. 16-bit RGB(A) PNGs PIL already reads at 8 bits.
+        grey = np.asarray(im).astype(np.float64)
+        if grey.size and (grey.min() < 0 or grey.max() > 65535):
+            raise SegmentError(
+                f"image {path}: mode {im.mode} pixels outside 0..65535; expected an 8- or 16-bit "
+                "image"
+            )
+        grey = np.round(grey / 257.0).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    if im.mode in ("I", "F"):
+        kind = "32-bit integer" if im.mode == "I" else "floating-point"
+        raise SegmentError(
+            f"image {path}: mode {im.mode} ({kind} pixels of no known range) cannot be read as "
+            "RGB; expected an 8- or 16-bit image (e.g. PNG, JPEG)"
+        )
+    return np.asarray(im.convert("RGB"), np.uint8)
+
+
+def read_oriented_image(path: pathlib.Path) -> tuple[np.ndarray, tuple[int, int]]:
+    """``(rgb, stored_size)``: the RGB pixels of ``path`` as uint8 (H, W, 3), turned by the
+    file's EXIF orientation as image viewers show it, and the (H, W) the pixels are stored at
+    (the same unless the orientation swaps them).
+
+    8-bit images are read as PIL converts them to RGB; 16-bit grey images (PIL modes ``I;16``,
+    ``I;16L``, ``I;16B``, ``I;16N``, and ``I`` of a PNG) are scaled to 8 bits by 1/257 (not
+    clipped); 16-bit RGB(A) PNGs PIL reads at 8 bits. 32-bit integer (mode ``I``, not a PNG)
+    and float (``F``) images have no known range and are refused.
+
+    Raises:
+      SegmentError: naming ``path``: missing, unreadable, or of an unsupported pixel mode.
+    """
     if not path.is_file():
         what = "not a regular file" if path.exists() else "no such file"
-        raise SegmentError(f"image {path}: {what} (expected a readable RGB image)")
+        raise SegmentError(f"image {path}: {what} ({IMAGE_EXPECTED})")
     try:
         with Image.open(path) as im:
             im.load()
-            return np.asarray(im.convert("RGB"), np.uint8)
+            stored_size = (im.height, im.width)
+            oriented = ImageOps.exif_transpose(im)
+            oriented.format = im.format  # transposing forgets it; _rgb8 reads it
+            return _rgb8(oriented, path), stored_size
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise SegmentError(
-            f"image {path}: cannot be read as an image ({e}); expected a readable RGB image"
+            f"image {path}: cannot be read as an image ({e}); {IMAGE_EXPECTED}"
         ) from None
+
+
+def read_image(path: pathlib.Path) -> np.ndarray:
+    """The RGB pixels of ``path`` as uint8 (H, W, 3), as :func:`read_oriented_image` reads them
+    (EXIF orientation applied, 16-bit grey scaled); ``SegmentError`` naming it otherwise."""
+    return read_oriented_image(path)[0]
 
 
 def _read_depth_units(path: pathlib.Path) -> tuple[np.ndarray, float]:
@@ -225,10 +278,10 @@ def load_inputs(
     for i, name in enumerate(images):
         path = pathlib.Path(name)
         try:
-            image = read_image(path)
+            image, stored_size = read_oriented_image(path)
         except SegmentError as e:
             errors.append(str(e))
-            image = None
+            image = stored_size = None
         depth = None
         if depths is not None:
             dpath = pathlib.Path(depths[i])
@@ -237,9 +290,17 @@ def load_inputs(
             except SegmentError as e:
                 errors.append(str(e))
             if depth is not None and image is not None and depth.shape != image.shape[:2]:
+                h, w = image.shape[:2]
+                turned = (
+                    ""
+                    if stored_size == (h, w)
+                    else f" as turned by its EXIF orientation; {stored_size[1]}x{stored_size[0]} "
+                    "as stored"
+                )
                 errors.append(
                     f"depth {dpath}: size {depth.shape[1]}x{depth.shape[0]} (WxH) differs from "
-                    f"image {path} ({image.shape[1]}x{image.shape[0]}); expected the same size"
+                    f"image {path} ({w}x{h}{turned}); expected the same size"
+                    + (" as the turned image" if turned else "")
                 )
         inputs.append(Input(path, image, depth))
     if errors:

@@ -8,7 +8,10 @@ model, and ``segment`` against both. XLA optimisations are off here and in the s
 
 import hashlib
 import json
+import os
+import re
 import shutil
+import subprocess
 import sys
 
 import jax
@@ -19,8 +22,10 @@ from flax.traverse_util import flatten_dict
 from helpers import run_command, tiny
 from PIL import Image
 
+import drd_jax
 from drd_jax import runs, serving, train
 from drd_jax.data import transforms
+from drd_jax.files import DiskFullError
 from experiments import export
 from experiments import segment as segment_cmd
 
@@ -253,7 +258,8 @@ def test_damaged_or_foreign_files_are_refused_on_load(export_dir, tmp_path):
     card["format_version"] = serving.FORMAT_VERSION + 1
     (newer / serving.CARD_NAME).write_text(json.dumps(card))
     assert serving.is_export_dir(newer)
-    with pytest.raises(ValueError, match=f"{newer / serving.CARD_NAME}: export format version 2"):
+    newer_version = f"export format version {serving.FORMAT_VERSION + 1}"
+    with pytest.raises(ValueError, match=f"{newer / serving.CARD_NAME}: {newer_version}"):
         serving.load_export(newer)
     with pytest.raises(FileNotFoundError, match=f"{tmp_path / serving.CARD_NAME}: no such file"):
         serving.load_export(tmp_path)
@@ -296,3 +302,280 @@ def test_an_export_loads_without_the_training_extras(export_dir):
     proc = run_command([sys.executable, "-c", script])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split("\n")[0] == "(2, 48, 64, 6) (2, 31, 45)"
+
+
+def tree(root) -> dict:
+    """Every entry under ``root``: relative path -> file bytes, ``'dir'`` or ``'-> target'``."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, root)
+            if os.path.islink(path):
+                out[rel] = f"-> {os.readlink(path)}"
+            elif os.path.isdir(path):
+                out[rel] = "dir"
+            else:
+                with open(path, "rb") as f:
+                    out[rel] = f.read()
+    return out
+
+
+def export_copy(export_dir, tmp_path, name="copy"):
+    copy = tmp_path / name
+    shutil.copytree(export_dir, copy)
+    return copy
+
+
+def test_overwrite_refuses_an_export_with_other_files_beside_it(baseline_run, export_dir, tmp_path):
+    out = export_copy(export_dir, tmp_path, "out")
+    (out / "notes.txt").write_text("mine")
+    (out / "sub").mkdir()
+    (out / "sub" / "data.bin").write_bytes(b"\0\1")
+    before = tree(out)
+    with pytest.raises(export.ExportError) as e:
+        export.export(str(baseline_run), str(out), platforms=("cpu",), overwrite=True)
+    message = str(e.value)
+    assert message.startswith(f"output {out} holds an export and files that are not part of it: ")
+    assert "notes.txt, sub/;" in message and "never others" in message and "\n" not in message
+    assert tree(out) == before  # everything survives, the export included
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary directory left
+
+
+def test_overwrite_through_the_command_never_deletes_a_run_holding_an_export(
+    baseline_run, export_dir, tmp_path
+):
+    work = tmp_path / "work"  # a run's workdir, an export written into it by mistake
+    shutil.copytree(baseline_run, work)
+    for name in (serving.CARD_NAME, serving.PARAMS_NAME, serving.MODEL_NAME):
+        shutil.copy(export_dir / name, work / name)
+    assert serving.is_export_dir(work)
+    before = tree(work)
+    command = [sys.executable, "-m", "experiments.export", f"--checkpoint={baseline_run}"]
+    proc = run_command([*command, f"--output={work}", "--overwrite", "--platforms=cpu"])
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"error: output {work} holds an export and files that are not part")
+    assert "checkpoints/, config.json, " in line
+    assert tree(work) == before
+
+
+@pytest.mark.parametrize("kind", ["folder", "symlink"])
+def test_an_export_file_name_as_a_folder_or_symlink_is_refused(export_dir, tmp_path, kind):
+    out = export_copy(export_dir, tmp_path, "out")
+    model = out / serving.MODEL_NAME
+    elsewhere = tmp_path / "elsewhere.stablehlo"
+    model.rename(elsewhere)
+    if kind == "folder":
+        model.mkdir()
+        (model / "inside").write_text("mine")
+        shown = f"{serving.MODEL_NAME}/"
+    else:
+        model.symlink_to(elsewhere)
+        shown = f"{serving.MODEL_NAME} (symlink)"
+    before = tree(tmp_path)
+    pattern = rf"output {out} holds an export and files .*: {re.escape(shown)};"
+    with pytest.raises(ValueError, match=pattern):
+        serving.check_output_dir(out, overwrite=True)
+    assert tree(tmp_path) == before
+
+
+def write_export(run, out, **kwargs):
+    return serving.export_network(
+        out,
+        model=run.make_model(),
+        params=run.params,
+        class_names=run.class_names,
+        input_size=EXPORT_SIZE,
+        platforms=("cpu",),
+        **kwargs,
+    )
+
+
+def test_a_file_written_after_the_first_check_is_never_deleted(
+    run, export_dir, tmp_path, monkeypatch
+):
+    out = export_copy(export_dir, tmp_path, "out")
+    before = tree(out)
+    rename = os.rename
+
+    def write_then_rename(src, dst):  # another process writes just before out is moved aside
+        if os.fspath(src) == os.fspath(out):
+            (out / "late.txt").write_text("mine")
+        rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", write_then_rename)
+    with pytest.raises(ValueError, match=f"output {out} holds an export and files .*: late.txt;"):
+        write_export(run, out, overwrite=True)
+    monkeypatch.undo()
+    assert tree(out) == {**before, "late.txt": b"mine"}  # back in place, the export untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_file_written_after_the_last_check_is_never_deleted(
+    run, export_dir, tmp_path, monkeypatch
+):
+    out = export_copy(export_dir, tmp_path, "out")
+    rename = os.rename
+
+    def write_then_rename(src, dst):  # written into the old export once it was checked aside
+        if os.fspath(dst) == os.fspath(out):
+            (old,) = tmp_path.glob(".out.old-*")
+            (old / "late.txt").write_text("mine")
+        rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", write_then_rename)
+    with pytest.warns(UserWarning, match=f"previous export of {out} was moved to .*left there"):
+        write_export(run, out, overwrite=True)
+    monkeypatch.undo()
+    assert serving.load_export(out).card["platforms"] == ["cpu"]  # the new export is in place
+    (old,) = tmp_path.glob(".out.old-*")
+    assert tree(old) == {"late.txt": b"mine"}  # the old export's own files deleted, not late.txt
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", old.name])
+
+
+def test_an_output_under_a_file_is_refused_naming_it(baseline_run, tmp_path):
+    file = tmp_path / "file.txt"
+    file.write_text("mine")
+    out = file / "out"
+    with pytest.raises(export.ExportError) as e:
+        export.export(str(baseline_run), str(out), platforms=("cpu",))
+    assert str(e.value) == (
+        f"output {out} cannot be created: {file} is a file, not a directory (--output)"
+    )
+    with pytest.raises(NotADirectoryError):
+        serving.check_output_dir(out)
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "nothing")
+    with pytest.raises(NotADirectoryError, match=f"output {link} is a symlink"):
+        serving.check_output_dir(link)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "link"]
+
+
+def test_a_read_only_output_is_refused_naming_it(run, baseline_run, small_tmpfs):
+    fs = small_tmpfs("1m")
+    subprocess.run(["mount", "-o", "remount,ro", str(fs)], check=True, capture_output=True)
+    out = fs / "out"
+    with pytest.raises(export.ExportError) as e:  # before anything is loaded or written
+        export.export(str(baseline_run), str(out), platforms=("cpu",))
+    message = str(e.value)
+    assert message.startswith(f"output {out} is not writable") and "read-only" in message
+    with pytest.raises(OSError) as e:  # a write fault (checks passed, e.g. remounted since)
+        serving._write_new_dir(out, {"card.json": b"{}"}, overwrite=False)
+    assert str(e.value) == f"output {out}: cannot write the export there (Read-only file system)"
+    assert e.value.errno == 30  # EROFS
+    assert os.listdir(fs) == []
+
+
+def test_a_full_disk_is_one_line_naming_the_output_and_leaves_nothing(
+    run, baseline_run, small_tmpfs
+):
+    fs = small_tmpfs("64k")
+    out = fs / "out"
+    with pytest.raises(DiskFullError) as e:  # passed through by the command: exit status 1
+        export.export(str(baseline_run), str(out), platforms=("cpu",))
+    message = str(e.value)
+    assert re.fullmatch(
+        rf"no space left on device writing the export to {re.escape(str(out))} "
+        r"\([\d.]+ KB free there\); it needs about [\d.]+ KB\. Free some space, then export "
+        "again",
+        message,
+    ), message
+    needed = float(re.search(r"needs about ([\d.]+) KB", message)[1])
+    assert needed > 64  # more than the whole disk
+    assert e.value.filename == str(out) and type(e.value).exit_status == 1
+    assert os.listdir(fs) == []  # nothing left behind
+
+
+def test_the_card_records_its_own_checksum(export_dir):
+    card = json.loads((export_dir / serving.CARD_NAME).read_text())
+    body = {k: v for k, v in card.items() if k != serving.CARD_SHA256_KEY}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    assert card[serving.CARD_SHA256_KEY] == hashlib.sha256(canonical).hexdigest()
+    assert serving.card_sha256(card) == card["card_sha256"]
+    assert serving.FORMAT_VERSION == 2 and card["format_version"] == 2
+
+
+def edit_card(export_dir, tmp_path, edit, *, recompute: bool = False):
+    """A copy of the export whose card ``edit(card)`` changed (its checksum then recomputed)."""
+    copy = export_copy(export_dir, tmp_path, "edited")
+    card = json.loads((copy / serving.CARD_NAME).read_text())
+    edit(card)
+    if recompute:
+        card[serving.CARD_SHA256_KEY] = serving.card_sha256(card)
+    (copy / serving.CARD_NAME).write_text(json.dumps(card, indent=2))
+    return copy
+
+
+EDITS = {
+    "class name": lambda card: card["classes"][0].update(name="edited"),
+    "width": lambda card: card["model"].update(width=2 * card["model"]["width"]),
+    "input size": lambda card: card["input"].update(size=[EXPORT_SIZE[0] + 8, EXPORT_SIZE[1]]),
+}
+
+
+@pytest.mark.parametrize("edit", EDITS)
+def test_an_edited_card_is_refused(export_dir, tmp_path, edit):
+    edited = edit_card(export_dir, tmp_path, EDITS[edit])
+    card = edited / serving.CARD_NAME
+    with pytest.raises(ValueError, match=f"^{card}: edited or damaged: its sha256") as e:
+        serving.load_export(edited)
+    assert "\n" not in str(e.value)
+    with pytest.raises(segment_cmd.SegmentError, match=f"^--checkpoint: {card}: edited"):
+        segment_cmd.load_network(str(edited), which="best", depths=None)
+
+
+RECOMPUTED = {
+    "wider model": (EDITS["width"], serving.PARAMS_NAME, "params do not fit DeepLabVGG16"),
+    "input size": (
+        EDITS["input size"],
+        serving.MODEL_NAME,
+        r"takes \(b, 48, 64, 3\) float32, but card.json says \(b, 56, 64, 3\) float32",
+    ),
+    "platforms": (
+        lambda card: card.update(platforms=["cpu", "cuda"]),
+        serving.MODEL_NAME,
+        r"lowered for platforms \['cpu', 'cuda', 'tpu'\], but card.json says \['cpu', 'cuda'\]",
+    ),
+    "num_classes": (
+        lambda card: card.update(num_classes=5),
+        serving.CARD_NAME,
+        "6 classes listed, but num_classes 5",
+    ),
+}
+
+
+@pytest.mark.parametrize("edit", RECOMPUTED)
+def test_a_card_edited_with_its_checksum_recomputed_is_still_refused(export_dir, tmp_path, edit):
+    change, name, reason = RECOMPUTED[edit]
+    edited = edit_card(export_dir, tmp_path, change, recompute=True)
+    with pytest.raises(ValueError, match=f"^{edited / name}: {reason}") as e:
+        serving.load_export(edited)
+    assert "\n" not in str(e.value)
+
+
+def test_a_format_1_export_is_refused_with_a_clear_message(export_dir, tmp_path):
+    def version_1(card):
+        card["format_version"] = 1
+        card.pop("card_sha256", None)  # format 1 had none
+
+    old = edit_card(export_dir, tmp_path, version_1)
+    with pytest.raises(ValueError) as e:
+        serving.load_export(old)
+    assert str(e.value) == (
+        f"{old / serving.CARD_NAME}: export format version 1; drd_jax {drd_jax.__version__} "
+        "reads version 2: export the run again with this version"
+    )
+
+
+def test_the_segment_command_prints_one_line_for_an_edited_export(export_dir, tmp_path):
+    edited = edit_card(export_dir, tmp_path, EDITS["class name"])
+    image = tmp_path / "image.png"
+    Image.fromarray(random_images(1, EXPORT_SIZE)[0]).save(image)
+    out = tmp_path / "seg"
+    command = [sys.executable, "-m", "experiments.segment", f"--checkpoint={edited}"]
+    proc = run_command([*command, f"--output_dir={out}", image])
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"segment: error: --checkpoint: {edited / serving.CARD_NAME}: edited")
+    assert not out.exists()

@@ -208,6 +208,43 @@ def test_depth_refused_for_rgb_run(baseline_run, images, tmp_path):
     assert not out.exists()
 
 
+EXIF_ORIENTATION = 0x0112  # TIFF/EXIF tag; 6: stored turned, a viewer turns it 90 degrees cw
+
+
+def test_turned_jpeg_and_16bit_png_segment_as_upright_8bit_pngs(baseline_run, tmp_path):
+    """In-process (``segment.segment``): EXIF orientation applied, 16-bit grey scaled by 1/257."""
+    from experiments import segment as segment_cmd
+
+    rng = np.random.default_rng(3)
+    h, w = 24, 40  # as stored; shown (40, 24)
+    blocks = rng.integers(0, 256, (h // 8, w // 8, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6
+    turned = tmp_path / "turned.jpg"
+    Image.fromarray(np.repeat(np.repeat(blocks, 8, 0), 8, 1)).save(turned, exif=exif, quality=95)
+    with Image.open(turned) as im:
+        decoded = np.asarray(im.convert("RGB"))  # the stored pixels, as decoded
+    upright = tmp_path / "upright.png"
+    Image.fromarray(np.ascontiguousarray(np.rot90(decoded, k=-1))).save(upright)
+
+    grey = np.repeat(np.repeat(rng.integers(64, 192, (4, 6), dtype=np.uint8), 8, 0), 8, 1)
+    grey16, grey8, clipped = tmp_path / "grey16.png", tmp_path / "grey8.png", tmp_path / "c.png"
+    Image.fromarray(grey.astype(np.uint16) * 257).save(grey16)  # PIL mode I;16
+    Image.fromarray(grey).save(grey8)
+    Image.fromarray(np.full_like(grey, 255)).save(clipped)  # as it was read: clipped to 255
+
+    out = tmp_path / "out"
+    paths = (turned, upright, grey16, grey8)
+    segment_cmd.segment(str(baseline_run), str(out), [str(p) for p in paths])
+    labels = {p.stem: read_png(out / f"{p.stem}_labels.png") for p in paths}
+    assert labels["turned"].shape == (w, h)
+    np.testing.assert_array_equal(labels["turned"], labels["upright"])
+    assert labels["grey16"].shape == grey.shape
+    np.testing.assert_array_equal(labels["grey16"], labels["grey8"])
+    # The check can tell: the clipped (white) image gets other classes.
+    assert (reference_logits(baseline_run, clipped).argmax(-1) != labels["grey8"]).mean() > 0.02
+
+
 @pytest.fixture(scope="module")
 def depth_files(images, tmp_path_factory):
     """Depth of the first image as a 16-bit PNG (mm), of the second as .npy (metres)."""
