@@ -295,30 +295,25 @@ def _build_data_dir_is_a_file(s: Shared, d: pathlib.Path) -> Case:
     return Case(command, 2, r"--data_dir", unchanged=(f,))
 
 
-def _reproduce_kd_methods_without_the_kd_table(s: Shared, d: pathlib.Path) -> Case:
-    w = d / "exp"
-    command = tool(
+def reproduce(s: Shared, workdir: pathlib.Path, *flags: str) -> list[str]:
+    return tool(
         "experiments.reproduce",
         CONFIG,
-        f"--workdir={w}",
+        f"--workdir={workdir}",
         f"--config.data_dir={s.data_dir}",
         "--table=1",
-        "--kd_methods=pixel",
+        *flags,
     )
-    return Case(command, 2, r"--kd_methods", (), (w,))
+
+
+def _reproduce_kd_methods_without_the_kd_table(s: Shared, d: pathlib.Path) -> Case:
+    w = d / "exp"
+    return Case(reproduce(s, w, "--kd_methods=pixel"), 2, r"--kd_methods", (), (w,))
 
 
 def _reproduce_negative_figure_images(s: Shared, d: pathlib.Path) -> Case:
     w = d / "exp"
-    command = tool(
-        "experiments.reproduce",
-        CONFIG,
-        f"--workdir={w}",
-        f"--config.data_dir={s.data_dir}",
-        "--table=1",
-        "--figure_images=-1",
-    )
-    return Case(command, 2, r"--figure_images", (), (w,))
+    return Case(reproduce(s, w, "--figure_images=-1"), 2, r"--figure_images", (), (w,))
 
 
 def _multihost_without_coordinates(s: Shared, d: pathlib.Path) -> Case:
