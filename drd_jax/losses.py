@@ -15,7 +15,9 @@ temperature T ≥ 0, including the schedule's float32 underflow to 0, and under 
 scale: its derivative is written out (:func:`tempered_log_softmax`) rather than formed as
 ``T · (cotangent / T)``, which underflows for T below about 1e-30. An invalid temperature
 (negative, NaN, ±inf) raises ``ValueError`` when its value is known, and makes the loss NaN when
-it is traced (under ``jit``); labels must be integers (a float dtype raises at trace time).
+it is traced (under ``jit``); labels must be integers (a float dtype raises at trace time), and
+a ``temperature`` or ``where`` must broadcast to the per-pixel shape (``logits.shape[:-1]``; another
+shape raises ``ValueError`` naming it, at trace time too).
 
 Contents:
 
@@ -94,6 +96,33 @@ def _check_temperature(temperature: Any, *, allow_zero: bool) -> None:
         raise ValueError(f"temperature must be a finite number {bound}, got {temperature!r}.")
 
 
+def _check_pixel_shape(name: str, value: Any, pixels: tuple[int, ...]) -> None:
+    """Raises ``ValueError`` naming ``name`` unless ``value`` (None passes) broadcasts to the
+    per-pixel shape ``pixels`` without enlarging it (static: also under ``jit``)."""
+    if value is None:
+        return
+    shape = tuple(np.shape(value))
+    try:
+        fits = jnp.broadcast_shapes(shape, pixels) == pixels
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(
+            f"{name} of shape {shape} must broadcast to the per-pixel shape {pixels} (the logits' "
+            "shape without the class axis): a scalar, one value per pixel, or a broadcastable shape"
+        )
+
+
+def _check_nonnegative(name: str, value: Any) -> None:
+    """Raises ``ValueError`` naming ``name`` when a *concrete* ``value`` is not a finite number
+    >= 0; tracers pass (the result is made NaN instead, see :func:`vtce_temperature`)."""
+    if not _is_concrete(value):
+        return
+    v = np.asarray(value, dtype=np.float64)
+    if not np.all(np.isfinite(v) & (v >= 0)):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
+
+
 def _nan_where_invalid_temperature(per_pixel: jax.Array, temperature: ArrayLike) -> jax.Array:
     """``per_pixel`` with NaN wherever the temperature is negative, NaN or infinite.
 
@@ -162,6 +191,9 @@ def masked_mean(
     Returns:
       The masked mean, with ``axis`` reduced.
 
+    Raises:
+      ValueError: a ``where`` that does not broadcast to ``values.shape``, naming it.
+
     Examples:
       >>> import jax.numpy as jnp
       >>> from drd_jax.losses import masked_mean
@@ -171,6 +203,7 @@ def masked_mean(
       0.0
     """
     values = jnp.asarray(values)
+    _check_pixel_shape("where", where, values.shape)
     if where is None:
         where = jnp.ones(values.shape, dtype=bool)
     else:
@@ -190,8 +223,9 @@ def valid_label_mask(
     """Boolean mask of the pixels whose label is a real class: ``0 <= label < num_classes``.
 
     Void pixels (``ignore_index``) and any other out-of-range label are False; so are pixels where
-    the optional ``where`` mask is False. ``labels`` must have an integer dtype (``ValueError``
-    otherwise, at trace time under ``jit``).
+    the optional ``where`` mask (broadcastable to ``labels.shape``) is False. ``labels`` must have
+    an integer dtype, and ``where`` a shape that broadcasts to theirs (``ValueError`` otherwise,
+    at trace time under ``jit``).
 
     Examples:
       >>> import jax.numpy as jnp
@@ -201,6 +235,7 @@ def valid_label_mask(
     """
     labels = jnp.asarray(labels)
     _check_labels(labels)
+    _check_pixel_shape("where", where, labels.shape)
     labels = labels.astype(jnp.int32)
     valid = (labels >= 0) & (labels < num_classes)
     if ignore_index is not None:
@@ -254,14 +289,16 @@ def tempered_log_softmax(
     with T is formed, so nothing underflows at tiny T or under a tiny upstream cotangent).
     Temperatures below the smallest normal float (including 0) are clamped to it (the T → 0
     limit: :math:`q` one-hot on the argmax, shared equally between tied maxima).
-    ``temperature`` may be a scalar or an array broadcastable to ``logits.shape[:-1]``; it is a
-    constant for autodiff (``stop_gradient``: a schedule or hyper-parameter, never trained).
+    ``temperature`` may be a scalar or an array broadcastable to ``logits.shape[:-1]`` (another
+    shape raises ``ValueError`` naming it); it is a constant for autodiff (``stop_gradient``: a
+    schedule or hyper-parameter, never trained).
 
     Returns:
       ``(log_q, t_log_q)``, both of ``logits``' shape. ``log_q`` can reach -inf for T near the
       clamp (its derivative scales as 1/T); ``t_log_q`` is always finite for finite logits.
     """
     logits = jnp.asarray(logits)
+    _check_pixel_shape("temperature", temperature, logits.shape[:-1])
     dtype = _float_dtype(logits)
     logits = logits.astype(dtype)
     t = jax.lax.stop_gradient(jnp.asarray(temperature, dtype=dtype))
@@ -295,17 +332,23 @@ def vtce_temperature(
     T(e=3) = e^{-4β}. T decays very fast: in float32 it underflows to 0 from e = 16 with β = 0.9;
     :func:`vtce_loss` treats that as the T → 0 limit.
 
-    Works with Python numbers and with traced scalars (inside ``jax.jit``); ``num_train_images``
-    and ``batch_size`` are checked to be positive when their values are known.
+    Works with Python numbers and with traced scalars (inside ``jax.jit``). ``num_train_images``
+    and ``batch_size`` must be positive, ``step`` (so the epoch) and ``beta`` finite and >= 0:
+    ``ValueError`` naming the argument when its value is known; a traced ``step`` or ``beta``
+    that is negative (or NaN, ±inf) gives a NaN temperature, which makes the loss non-finite.
 
     Args:
       step: Iteration number λ (0-based), a Python int or an integer/float (traced) scalar.
       num_train_images: N, the number of training images.
       batch_size: B, images per iteration (default 1, as in the paper).
-      beta: β (default 0.9, the paper's value).
+      beta: β ≥ 0 (default 0.9, the paper's value; 0 gives T = 1 throughout).
 
     Returns:
       The temperature, a float scalar ``jax.Array``.
+
+    Raises:
+      ValueError: a known ``num_train_images`` or ``batch_size`` that is not > 0, or ``step`` or
+        ``beta`` that is not a finite number >= 0, naming it.
 
     Examples:
       >>> from drd_jax.losses import vtce_temperature
@@ -318,11 +361,18 @@ def vtce_temperature(
     """
     _check_positive("num_train_images", num_train_images)
     _check_positive("batch_size", batch_size)
+    _check_nonnegative("step", step)
+    _check_nonnegative("beta", beta)
     # Integer floor division when everything is an integer (exact for Python ints, jnp floor
     # division otherwise; a float step is floored as well).
     epoch = (step * batch_size) // num_train_images
     e = jnp.asarray(epoch).astype(jnp.result_type(float))
-    return jnp.exp(-beta * (e * e - e + 2.0) / 2.0)
+    t = jnp.exp(-beta * (e * e - e + 2.0) / 2.0)
+    if _is_concrete(step) and _is_concrete(beta):
+        return t
+    # A traced step or beta cannot be refused by value: NaN, as an invalid traced temperature.
+    valid = (jnp.asarray(step) >= 0) & jnp.isfinite(beta) & (jnp.asarray(beta) >= 0)
+    return jnp.where(valid, t, jnp.full((), jnp.nan, t.dtype))
 
 
 def vtce_loss(
@@ -365,7 +415,8 @@ def vtce_loss(
 
     Raises:
       ValueError: a concrete temperature (any entry) that is negative, NaN or ±inf, naming it;
-        logits of different shapes.
+        a ``temperature`` or ``where`` whose shape does not broadcast to ``logits.shape[:-1]``
+        (checked under ``jit`` too: shapes are static), naming it; logits of different shapes.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -384,6 +435,8 @@ def vtce_loss(
     student_logits = jnp.asarray(student_logits)
     teacher_logits = jax.lax.stop_gradient(jnp.asarray(teacher_logits))
     _check_logits(student_logits, teacher_logits)
+    _check_pixel_shape("temperature", temperature, student_logits.shape[:-1])
+    _check_pixel_shape("where", where, student_logits.shape[:-1])
     _check_temperature(temperature, allow_zero=True)
     _, t_log_qs = tempered_log_softmax(student_logits, temperature=temperature)
     log_qt, _ = tempered_log_softmax(teacher_logits, temperature=temperature)
@@ -419,7 +472,8 @@ def segmentation_cross_entropy(
       labels: Integer labels (any integer dtype, e.g. uint8; a float or bool dtype raises
         ``ValueError``, at trace time under ``jit``), shape ``logits.shape[:-1]``.
       ignore_index: The void label (default 255); None to ignore only out-of-range labels.
-      where: Optional boolean mask of shape ``logits.shape[:-1]``; False pixels give 0.
+      where: Optional boolean mask of shape ``logits.shape[:-1]`` (broadcastable; another shape
+        raises ``ValueError`` naming it); False pixels give 0.
 
     Returns:
       The unreduced loss, shape ``logits.shape[:-1]``. Average over the valid pixels with
@@ -496,7 +550,9 @@ def pixelwise_kd_loss(
       :func:`vtce_loss`).
 
     Raises:
-      ValueError: a concrete temperature that is not a finite number > 0, naming it.
+      ValueError: a concrete temperature that is not a finite number > 0, naming it; a
+        ``temperature`` or ``where`` whose shape does not broadcast to ``logits.shape[:-1]``,
+        naming it.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -516,6 +572,8 @@ def pixelwise_kd_loss(
     student_logits = jnp.asarray(student_logits)
     teacher_logits = jax.lax.stop_gradient(jnp.asarray(teacher_logits))
     _check_logits(student_logits, teacher_logits)
+    _check_pixel_shape("temperature", temperature, student_logits.shape[:-1])
+    _check_pixel_shape("where", where, student_logits.shape[:-1])
     _check_temperature(temperature, allow_zero=False)
     log_ps, _ = tempered_log_softmax(student_logits, temperature=temperature)
     log_pt, _ = tempered_log_softmax(teacher_logits, temperature=temperature)

@@ -57,8 +57,11 @@ def confusion_matrix(
     large test set, sum the per-batch matrices on the host as int64.
 
     Args:
-      labels: Integer ground truth of any shape (e.g. ``[N, H, W]``, uint8 works).
-      predictions: Integer predictions of the same shape (e.g. ``argmax`` of the logits).
+      labels: Integer ground truth of any shape (e.g. ``[N, H, W]``, uint8 works); a float or
+        bool dtype raises ``ValueError`` (at trace time under ``jit``), as in ``drd_jax.losses``:
+        a label such as 1.7 would otherwise be truncated to class 1.
+      predictions: Integer predictions of the same shape (e.g. ``argmax`` of the logits); the
+        same dtype rule.
       num_classes: K (static).
       ignore_index: The void label (default 255); None to drop only out-of-range labels.
       where: Optional boolean mask broadcastable to ``labels.shape``.
@@ -81,6 +84,12 @@ def confusion_matrix(
         raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
     labels = jnp.asarray(labels)
     predictions = jnp.asarray(predictions)
+    for name, array in (("labels", labels), ("predictions", predictions)):
+        if not jnp.issubdtype(array.dtype, jnp.integer):
+            raise ValueError(
+                f"{name} must have an integer dtype (class ids, e.g. uint8 or int32), got "
+                f"{array.dtype}; round or cast them explicitly if they are whole numbers"
+            )
     if labels.shape != predictions.shape:
         raise ValueError(
             f"labels and predictions must have the same shape, got {labels.shape} and "
@@ -194,6 +203,28 @@ def pixel_accuracy(cm: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 
 
+def _counts(cm: Any) -> np.ndarray:
+    """``cm`` as an int64 NumPy (K, K) matrix of counts, or a ``ValueError`` naming ``cm``: it
+    must be square, of an integer dtype (or whole-number floats) and >= 0 everywhere."""
+    cm = np.asarray(jax.device_get(cm))
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+        raise ValueError(f"cm must be a square (K, K) confusion matrix, got shape {cm.shape}.")
+    if cm.dtype == np.bool_ or not np.issubdtype(cm.dtype, np.number):
+        raise ValueError(f"cm must hold counts (an integer dtype), got dtype {cm.dtype}.")
+    if not np.issubdtype(cm.dtype, np.integer):
+        whole = np.isfinite(cm) & (cm == np.round(cm))
+        if not whole.all():
+            raise ValueError(
+                f"cm must hold whole-number counts, got {cm[~whole].flat[0].item()!r}."
+            )
+    if (cm < 0).any():
+        where = tuple(int(i) for i in np.argwhere(cm < 0)[0])
+        raise ValueError(
+            f"cm must hold counts >= 0, got {cm[where].item()!r} at [{where[0]}, {where[1]}]."
+        )
+    return cm.astype(np.int64)
+
+
 def _to_float_or_none(x: Any) -> float | None:
     x = float(x)
     return None if np.isnan(x) else x
@@ -203,6 +234,14 @@ def compute_metrics(cm: Any) -> dict[str, Any]:
     """All metrics as plain Python values (JSON-serialisable; fractions in [0, 1]).
 
     NaN (absent class, or empty matrix) is written as None so the dict is strict JSON.
+
+    Args:
+      cm: a (K, K) confusion matrix of counts (NumPy, JAX or nested lists): an integer dtype or
+        whole-number floats, every entry >= 0.
+
+    Raises:
+      ValueError: ``cm`` is not square, not counts (float fractions, NaN, bool) or has a negative
+        entry (which would make the metrics NaN or meaningless), naming it.
 
     Returns:
       ``{"pixel_accuracy", "mean_pixel_accuracy", "mean_iou"}`` floats (or None),
@@ -216,7 +255,7 @@ def compute_metrics(cm: Any) -> dict[str, Any]:
       >>> m["mean_iou"], m["per_class_iou"], m["num_present_classes"]
       (0.875, [0.75, 1.0, None], 2)
     """
-    cm = np.asarray(jax.device_get(cm), dtype=np.int64)
+    cm = _counts(cm)
     return {
         "pixel_accuracy": _to_float_or_none(pixel_accuracy(cm)),
         "mean_pixel_accuracy": _to_float_or_none(mean_pixel_accuracy(cm)),
@@ -233,7 +272,8 @@ def format_confusion_table(cm: Any, class_names: Sequence[str] | None = None) ->
     means underneath. Classes absent from the ground truth show ``-`` and are not in the means.
 
     Args:
-      cm: A (K, K) confusion matrix (NumPy or JAX).
+      cm: A (K, K) confusion matrix of counts (NumPy or JAX), checked as in
+        :func:`compute_metrics`.
       class_names: K names; default ``class_0`` … ``class_{K-1}``.
 
     Examples:
@@ -245,7 +285,7 @@ def format_confusion_table(cm: Any, class_names: Sequence[str] | None = None) ->
         1 floor            -         -           0
       mPA 75.00 | mIoU 75.00 | pixel acc 75.00 (1 of 2 classes present, 4 pixels)
     """
-    cm = np.asarray(jax.device_get(cm), dtype=np.int64)
+    cm = _counts(cm)
     m = compute_metrics(cm)
     k = cm.shape[0]
     if class_names is None:

@@ -51,13 +51,15 @@ Input conventions. Our pipeline feeds RGB normalised as ``(x / 255 - IMAGENET_ME
 
 ``merge_pretrained`` copies loaded layers into a model's param tree with shape checks (a ``width``
 other than 1 changes every trunk shape and is refused, naming the layer); ``save_npz`` exports any
-param tree in the ``npz`` layout.
+param tree in the ``npz`` layout. ``check_vgg16_file`` checks a file against a model's ``width``
+without loading it (its format, layers and shapes), as a run does before it writes anything.
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
+import zipfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -66,7 +68,7 @@ import numpy as np
 from flax.core import FrozenDict, freeze, unfreeze
 
 from drd_jax.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from drd_jax.models.deeplab_vgg16 import VGG16_BLOCKS
+from drd_jax.models.deeplab_vgg16 import VGG16_BLOCKS, scaled_width
 
 VGG16_CONV_NAMES: tuple[str, ...] = tuple(name for _, layers in VGG16_BLOCKS for name, _ in layers)
 # Keras layer names: conv{b}_{i} -> block{b}_conv{i}.
@@ -160,62 +162,82 @@ def _convert_keras_conv1_1(layer: Layer, keras_input: str, where: str) -> Layer:
     return fold_input_normalization(rgb, scale, offset)
 
 
-def _h5_datasets(group) -> list[tuple[str, np.ndarray]]:
-    """(path, array) of every dataset below an h5py group."""
+def _h5_datasets(group) -> list[tuple[str, Any]]:
+    """(path, h5py dataset) of every dataset below an h5py group (nothing is read yet)."""
     import h5py
 
-    found: list[tuple[str, np.ndarray]] = []
+    found: list[tuple[str, Any]] = []
 
     def visit(name: str, obj) -> None:
         if isinstance(obj, h5py.Dataset):
-            found.append((name, obj[()]))
+            found.append((name, obj))
 
     group.visititems(visit)
     return found
 
 
-def _read_keras_h5(path: pathlib.Path, strict: bool, keras_input: str) -> dict[str, Layer]:
+def _open_h5(path: pathlib.Path, where: str):
     import h5py
 
-    where = f"Keras VGG16 file {path}"
     try:
-        f = h5py.File(path, "r")
+        return h5py.File(path, "r")
     except OSError as e:
-        raise ValueError(f"{where}: not a readable HDF5 file ({e})") from e
-    with f:
-        root = f["model_weights"] if isinstance(f.get("model_weights"), h5py.Group) else f
-        wanted = set(KERAS_LAYER_NAMES.values())
-        found: dict[str, list[str]] = {}
+        raise ValueError(f"{where}: not a readable HDF5 file ({_first_line(e)})") from e
 
-        def visit(name: str, obj) -> None:
-            base = name.rsplit("/", 1)[-1]
-            if isinstance(obj, h5py.Group) and base in wanted:
-                found.setdefault(base, []).append(name)
 
-        root.visititems(visit)
-        layers: dict[str, Layer] = {}
-        for name, keras_name in KERAS_LAYER_NAMES.items():
-            paths = found.get(keras_name)
-            if not paths:
-                continue
-            depth = min(p.count("/") for p in paths)
-            top = [p for p in paths if p.count("/") == depth]
-            if len(top) > 1:
-                raise ValueError(f"{where}: layer {keras_name} found at several places: {top}")
-            datasets = _h5_datasets(root[top[0]])
-            kernels = [(n, a) for n, a in datasets if a.ndim == 4]
-            biases = [(n, a) for n, a in datasets if a.ndim == 1]
-            if len(kernels) != 1 or len(biases) != 1:
-                raise ValueError(
-                    f"{where}: layer group {top[0]} must hold one 4-D kernel and one 1-D bias, "
-                    f"got datasets {[(n, a.shape) for n, a in datasets]}"
-                )
-            layers[name] = _check_layer(keras_name, kernels[0][1], biases[0][1], where, True)
+def _keras_datasets(f, where: str) -> dict[str, tuple[Any, Any]]:
+    """``{name: (kernel dataset, bias dataset)}`` of the VGG16 convs in an open Keras file (the
+    layer groups ``block1_conv1`` ... at any depth; datasets not read)."""
+    import h5py
+
+    root = f["model_weights"] if isinstance(f.get("model_weights"), h5py.Group) else f
+    wanted = set(KERAS_LAYER_NAMES.values())
+    found: dict[str, list[str]] = {}
+
+    def visit(name: str, obj) -> None:
+        base = name.rsplit("/", 1)[-1]
+        if isinstance(obj, h5py.Group) and base in wanted:
+            found.setdefault(base, []).append(name)
+
+    root.visititems(visit)
+    layers: dict[str, tuple[Any, Any]] = {}
+    for name, keras_name in KERAS_LAYER_NAMES.items():
+        paths = found.get(keras_name)
+        if not paths:
+            continue
+        depth = min(p.count("/") for p in paths)
+        top = [p for p in paths if p.count("/") == depth]
+        if len(top) > 1:
+            raise ValueError(f"{where}: layer {keras_name} found at several places: {top}")
+        datasets = _h5_datasets(root[top[0]])
+        kernels = [d for _, d in datasets if d.ndim == 4]
+        biases = [d for _, d in datasets if d.ndim == 1]
+        if len(kernels) != 1 or len(biases) != 1:
+            raise ValueError(
+                f"{where}: layer group {top[0]} must hold one 4-D kernel and one 1-D bias, "
+                f"got datasets {[(n, d.shape) for n, d in datasets]}"
+            )
+        layers[name] = (kernels[0], biases[0])
+    return layers
+
+
+def _read_keras_h5(path: pathlib.Path, strict: bool, keras_input: str) -> dict[str, Layer]:
+    where = f"Keras VGG16 file {path}"
+    with _open_h5(path, where) as f:
+        layers: dict[str, Layer] = {
+            name: _check_layer(KERAS_LAYER_NAMES[name], kernel[()], bias[()], where, True)
+            for name, (kernel, bias) in _keras_datasets(f, where).items()
+        }
     if strict:
         _check_complete(layers, where, KERAS_LAYER_NAMES)
     if "conv1_1" in layers:
         layers["conv1_1"] = _convert_keras_conv1_1(layers["conv1_1"], keras_input, where)
     return layers
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -358,6 +380,175 @@ def load_vgg16_params(
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: not a readable .npz file ({e})") from e
     return _from_flat(flat, f"npz file {path}", strict)
+
+
+def trunk_shapes(width: float = 1.0) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+    """``{name: (kernel shape (3, 3, Cin, Cout), bias shape (Cout,))}`` of the 13 trunk convs of a
+    ``DeepLabVGG16`` at ``width`` (ImageNet VGG16's own shapes at width 1)."""
+    shapes, cin = {}, 3
+    for _, layers in VGG16_BLOCKS:
+        for name, channels in layers:
+            cout = scaled_width(channels, width)
+            shapes[name] = ((3, 3, cin, cout), (cout,))
+            cin = cout
+    return shapes
+
+
+def _npz_shapes(path: pathlib.Path, where: str) -> dict[str, tuple[tuple[int, ...], str]]:
+    """``{key: (shape, dtype kind)}`` of an ``.npz`` file from its members' ``.npy`` headers (no
+    array is read)."""
+    readers = {
+        (1, 0): np.lib.format.read_array_header_1_0,
+        (2, 0): np.lib.format.read_array_header_2_0,
+    }
+    found = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.namelist():
+                with archive.open(member) as f:
+                    version = np.lib.format.read_magic(f)
+                    if version not in readers:
+                        raise ValueError(f"member {member} has .npy format {version}")
+                    shape, _, dtype = readers[version](f)
+                found[member.removesuffix(".npy")] = (tuple(shape), dtype.kind)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise ValueError(f"{where}: not a readable .npz file ({_first_line(e)})") from None
+    return found
+
+
+def _flat_shapes(flat: Mapping[str, tuple[tuple[int, ...], str]], where: str):
+    """``{layer: (kernel shape, bias shape)}`` of ``'<layer>/kernel'``-style entries (as
+    ``_from_flat`` reads them)."""
+    parts: dict[str, dict[str, tuple[int, ...]]] = {}
+    for key, (shape, kind) in flat.items():
+        layer, _, leaf = str(key).rpartition("/")
+        if not layer or leaf not in ("kernel", "bias"):
+            raise ValueError(f"{where}: key {key!r} is not '<layer>/kernel' or '<layer>/bias'")
+        if kind not in "fiu":
+            raise ValueError(f"{where}: {key} does not hold numbers (dtype kind {kind!r})")
+        parts.setdefault(layer, {})[leaf] = shape
+    for layer, leaves in parts.items():
+        if set(leaves) != {"kernel", "bias"}:
+            missing = ({"kernel", "bias"} - set(leaves)).pop()
+            raise ValueError(f"{where}: layer {layer} has no {missing}")
+    return {layer: (leaves["kernel"], leaves["bias"]) for layer, leaves in parts.items()}
+
+
+def _torchvision_shapes(state: Mapping[str, Any], where: str):
+    """``{layer: (HWIO kernel shape, bias shape)}`` of a torchvision state dict (as
+    ``_from_torchvision`` reads it; only the tensors' shapes are used)."""
+    if state and all(str(k).startswith("module.") for k in state):
+        state = {str(k)[len("module.") :]: v for k, v in state.items()}
+    if any("running_mean" in str(k) for k in state):
+        raise ValueError(
+            f"{where}: a batch-norm VGG (vgg16_bn) state dict; only vgg16 is supported"
+        )
+    shapes = {}
+    for name, index in TORCHVISION_INDICES.items():
+        w_key, b_key = f"features.{index}.weight", f"features.{index}.bias"
+        if w_key not in state and b_key not in state:
+            continue
+        if w_key not in state or b_key not in state:
+            raise ValueError(f"{where}: layer {name} needs both {w_key} and {b_key}")
+        w = tuple(np.shape(state[w_key]))
+        if len(w) != 4:
+            raise ValueError(f"{where}: {w_key} must be 4-D OIHW, got shape {w}")
+        shapes[name] = ((w[2], w[3], w[1], w[0]), tuple(np.shape(state[b_key])))
+    return shapes
+
+
+def _torch_file_state(path: pathlib.Path, where: str) -> Mapping[str, Any]:
+    """A torch file's state dict, memory-mapped where the file allows it (nothing read)."""
+    try:
+        import torch
+    except ImportError:
+        raise ValueError(
+            f"{where}: reading a torchvision .pth/.pt file needs torch, which is not installed "
+            "(install it, or convert the weights to .npz with drd_jax.pretrained.save_npz)"
+        ) from None
+    try:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # a legacy (non-zip) torch file cannot be memory-mapped
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch's unpickling errors have many types
+        raise ValueError(f"{where}: not a readable torch file ({_first_line(e)})") from None
+    if isinstance(state, Mapping) and "state_dict" in state and "features.0.weight" not in state:
+        state = state["state_dict"]
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{where}: expected a state dict, got {type(state).__name__}")
+    return state
+
+
+def check_vgg16_file(
+    path: str | os.PathLike,
+    *,
+    width: float = 1.0,
+    format: str | None = None,
+    width_name: str = "width",
+) -> None:
+    """Checks cheaply that ``path`` holds what ``load_vgg16_params`` + ``merge_pretrained`` need
+    for a ``DeepLabVGG16`` at ``width``: a readable file of a known format with the 13 trunk
+    convs, each of the shapes :func:`trunk_shapes` gives.
+
+    Only the file's layout is read (the ``.npy`` headers of an ``.npz``, the dataset shapes of a
+    Keras ``.h5``, a memory-mapped torch file), so it takes milliseconds: a training run calls it
+    (``drd_jax.config.validate_config``) before anything is written.
+
+    Args:
+      path: the weights file (as ``load_vgg16_params``: the format from its suffix).
+      width: the model's width multiplier (ImageNet VGG16 weights fit width 1 only).
+      format: 'keras_h5', 'torchvision' or 'npz'; None infers it from the suffix.
+      width_name: how the messages name the width (e.g. ``'config.width'``).
+
+    Raises:
+      FileNotFoundError: no such file.
+      ValueError: not a file, unknown suffix, unreadable or not VGG16 weights (missing layers,
+        other keys, other shapes), or a ``.pth`` without torch installed; one line naming the file.
+    """
+    if format is not None and format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS} or None, got {format!r}")
+    path = pathlib.Path(path)
+    fmt = format or _SUFFIX_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(
+            f"{path}: cannot infer the weights format from suffix {path.suffix!r}; "
+            f"known suffixes: {sorted(_SUFFIX_FORMATS)}"
+        )
+    if not path.exists():
+        raise FileNotFoundError(f"VGG16 weights file not found: {path}")
+    if not path.is_file():
+        raise ValueError(f"{path}: not a file")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"{path}: not readable (permission denied)")
+    if fmt == "keras_h5":
+        where = f"Keras VGG16 file {path}"
+        with _open_h5(path, where) as f:
+            try:
+                layers = _keras_datasets(f, where)
+            except (KeyError, RuntimeError, OSError) as e:  # h5py's errors on a damaged file
+                raise ValueError(f"{where}: not a readable HDF5 file ({_first_line(e)})") from None
+            shapes = {n: (tuple(k.shape), tuple(b.shape)) for n, (k, b) in layers.items()}
+        names = KERAS_LAYER_NAMES
+    elif fmt == "torchvision":
+        where = f"torchvision state dict {path}"
+        shapes = _torchvision_shapes(_torch_file_state(path, where), where)
+        names = {n: f"features.{i}.weight" for n, i in TORCHVISION_INDICES.items()}
+    else:
+        where = f"npz file {path}"
+        shapes = _flat_shapes(_npz_shapes(path, where), where)
+        names = {n: f"{n}/kernel" for n in VGG16_CONV_NAMES}
+    _check_complete(shapes, where, names)
+    for name, (kernel, bias) in trunk_shapes(width).items():
+        for leaf, want, got in (
+            ("kernel", kernel, shapes[name][0]),
+            ("bias", bias, shapes[name][1]),
+        ):
+            if want != got:
+                raise ValueError(
+                    f"{where}: {name}/{leaf} ({names[name]}) has shape {got}, but DeepLabVGG16 at "
+                    f"{width_name}={width:g} needs {want} (weights of another width or network?)"
+                )
 
 
 def _split_variables(params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:

@@ -61,9 +61,11 @@ def qualitative_figure(
       path: the PNG to write (atomically).
       runs: column title -> a run read back with ``drd_jax.runs.load_run`` (e.g. BL, TN, SN).
       test_source: the test split's data source (``input_pipeline.load_data_source``).
-      num_images: rows (the first test images).
+      num_images: rows (the first test images), an int >= 1 (``ValueError`` otherwise).
       depth_title: the depth column's title (e.g. which runs see it).
     """
+    if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
+        raise ValueError(f"num_images must be an int >= 1, got {num_images!r}")
     plt = _pyplot()
     first = next(iter(runs.values()))
     class_names = first.class_names

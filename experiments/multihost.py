@@ -7,24 +7,61 @@
 With ``--multihost`` the entry point calls ``jax.distributed.initialize()`` before anything else
 touches JAX. Without the three coordinates, JAX detects them from the cluster (SLURM, Open MPI,
 Cloud TPU); given, they must be given together (every process gets the same
-``--coordinator_address`` and ``--num_processes`` and its own ``--process_id``).
+``--coordinator_address`` and ``--num_processes`` and its own ``--process_id``). When there is
+nothing to detect, the error names the three flags.
+
+Each process logs one line, ``waiting for the coordinator at HOST:PORT (timeout N s)``, then waits
+for the job to form: process 0 runs the coordinator there and every process connects to it. If
+that has not happened after ``--coordinator_timeout`` seconds (default
+:data:`DEFAULT_TIMEOUT_S`; a coordinator that never starts, a wrong address, a process that was
+not started), the process stops with one line, ``error: ...`` naming the coordinator's address,
+and exit status 2, instead of waiting silently.
+
+The entry points make these flags key flags of their module (``flags.adopt_module_key_flags``),
+so their ``--help`` lists them.
 """
 
 from __future__ import annotations
 
-from absl import flags
+import inspect
+import os
+import sys
+import threading
 
-__all__ = ["define_flags", "initialize", "initialize_arguments"]
+from absl import flags, logging
+
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "define_flags",
+    "initialize",
+    "initialize_arguments",
+    "start_job",
+]
 
 _COORDINATES = ("coordinator_address", "num_processes", "process_id")
+DEFAULT_TIMEOUT_S = 300  # as jax.distributed.initialize's own default
+# JAX's own deadline comes this much later than ours, so the one-line error below is what stops a
+# process (JAX's deadline aborts the process with a native stack trace).
+_JAX_GRACE_S = 30
+_EXIT_STATUS = 2  # as experiments/cli.py's user errors
+_NEED_COORDINATES = (
+    "give --coordinator_address=HOST:PORT (process 0's coordinator), --num_processes=N and "
+    "--process_id=I (this process, 0-based) with --multihost"
+)
 
 
 def define_flags() -> None:
     """Defines ``--multihost``, ``--coordinator_address``, ``--num_processes``, ``--process_id``
-    (once per process)."""
+    and ``--coordinator_timeout`` (once per process)."""
     if "multihost" in flags.FLAGS:
         return
-    flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first.")
+    flags.DEFINE_bool(
+        "multihost",
+        False,
+        "Call jax.distributed.initialize() first (one process per host), with "
+        "--coordinator_address, --num_processes and --process_id or auto-detected coordinates "
+        "(SLURM, Open MPI, Cloud TPU).",
+    )
     flags.DEFINE_string(
         "coordinator_address",
         None,
@@ -35,6 +72,13 @@ def define_flags() -> None:
     )
     flags.DEFINE_integer(
         "process_id", None, "With --multihost: this process's index, 0-based (default: auto)."
+    )
+    flags.DEFINE_integer(
+        "coordinator_timeout",
+        DEFAULT_TIMEOUT_S,
+        "With --multihost: seconds to wait for the coordinator and every process of the job "
+        "before stopping with an error naming the coordinator's address.",
+        lower_bound=1,
     )
 
 
@@ -70,11 +114,61 @@ def initialize_arguments(
     return dict(given)
 
 
+def _timed_out(message: str) -> None:
+    """The watchdog's end: JAX's wait cannot be interrupted, so the process stops here."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    os._exit(_EXIT_STATUS)
+
+
+def start_job(kwargs: dict, timeout_s: int) -> None:
+    """``jax.distributed.initialize(**kwargs)``, stopping the process after ``timeout_s`` seconds.
+
+    Logs ``waiting for the coordinator at ADDRESS (timeout N s)`` first. When the job has not
+    formed after ``timeout_s`` (JAX's wait cannot be interrupted), prints one line
+    ``error: ...`` naming the coordinator's address and ends the process (exit status 2).
+
+    Raises:
+      ValueError: no coordinates given and none detected (naming the three flags), or a
+        ``timeout_s`` below 1.
+    """
+    import jax
+
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, int) or timeout_s < 1:
+        raise ValueError(f"--coordinator_timeout must be an int >= 1 (seconds), got {timeout_s!r}")
+    address = kwargs.get("coordinator_address")
+    where = f"the coordinator at {address}" if address else "the auto-detected coordinator"
+    logging.info("waiting for %s (timeout %d s)", where, timeout_s)
+    call = dict(kwargs)
+    if "initialization_timeout" in inspect.signature(jax.distributed.initialize).parameters:
+        call["initialization_timeout"] = timeout_s + _JAX_GRACE_S
+    processes = kwargs.get("num_processes")
+    message = (
+        f"--multihost: the job did not start within {timeout_s} s (--coordinator_timeout): "
+        f"waited for {where}"
+        + (f" and all {processes} processes" if processes else "")
+        + "; check that process 0 is running and reachable at that address and that every "
+        "process was started with the same --coordinator_address and --num_processes"
+    )
+    watchdog = threading.Timer(timeout_s, _timed_out, args=(message,))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        jax.distributed.initialize(**call)
+    except ValueError as e:
+        if address:
+            raise
+        raise ValueError(
+            f"--multihost: found no cluster to auto-detect the job's coordinates from (SLURM, "
+            f"Open MPI, Cloud TPU; JAX: {str(e).strip()}); {_NEED_COORDINATES}"
+        ) from e
+    finally:
+        watchdog.cancel()
+
+
 def initialize() -> None:
-    """``jax.distributed.initialize`` as the flags say (nothing without ``--multihost``)."""
+    """``jax.distributed.initialize`` as the flags say (nothing without ``--multihost``), with
+    :func:`start_job`'s log line and timeout."""
     f = flags.FLAGS
     kwargs = initialize_arguments(f.multihost, f.coordinator_address, f.num_processes, f.process_id)
     if kwargs is not None:
-        import jax
-
-        jax.distributed.initialize(**kwargs)
+        start_job(kwargs, f.coordinator_timeout)

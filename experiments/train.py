@@ -10,7 +10,9 @@ Any config field can be overridden with ``--config.<field>=<value>``; ``--help``
 (``drd_jax.config.FIELDS``), and exits. Rerunning with the same config and workdir resumes from
 the latest checkpoint. ``--multihost`` calls ``jax.distributed.initialize()`` first (one process
 per host), with ``--coordinator_address``, ``--num_processes`` and ``--process_id`` or
-auto-detected coordinates (``experiments/multihost.py``).
+auto-detected coordinates (without either, the error names the three flags); a job that has not
+formed after ``--coordinator_timeout`` seconds (default 300) stops with one line naming the
+coordinator's address (``experiments/multihost.py``). ``--help`` lists these flags too.
 
 A bad flag or config value stops the command before anything is written, with one line
 (``error: config.<field>: ...``) and exit status 2; ``--verbosity=1`` shows the full log
@@ -27,6 +29,7 @@ from experiments import cli, multihost
 FLAGS = flags.FLAGS
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run (checkpoints, logs).")
 multihost.define_flags()
+flags.adopt_module_key_flags(multihost)  # --help lists the --multihost flags too
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -34,16 +37,18 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from drd_jax.config import validate_config
+
+    # A bad value is one line (cli), before anything is logged and before a multi-host job waits
+    # for its coordinator (validate_config does not start JAX's backends).
+    validate_config(FLAGS.config)
     try:
         multihost.initialize()
     except ValueError as e:
         raise app.UsageError(str(e)) from e
     import jax
 
-    from drd_jax.config import validate_config
     from drd_jax.train import train_and_evaluate
-
-    validate_config(FLAGS.config)  # a bad value is one line (cli), before anything is logged
 
     logging.info(
         "JAX devices: %s (process %d of %d)",

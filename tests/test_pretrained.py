@@ -361,3 +361,32 @@ def test_npz_round_trip(tmp_path, variables):
     np.savez(path, weights=np.zeros(3))
     with pytest.raises(ValueError, match=r"bad\.npz: key 'weights'"):
         pt.load_vgg16_params(path)
+
+
+# -- check_vgg16_file: what a run checks before it writes anything -------------------------------
+
+
+@pytest.mark.parametrize("layout", ["legacy", "keras2", "keras3"])
+def test_check_vgg16_file_accepts_every_keras_layout_that_loads(tmp_path, layout):
+    path = _write_keras_h5(tmp_path / f"vgg16_{layout}.h5", _random_hwio(4), layout)
+    pt.check_vgg16_file(path, width=WIDTH)
+    with pytest.raises(ValueError, match=r"conv1_1/kernel \(block1_conv1\) has shape"):
+        pt.check_vgg16_file(path)  # ImageNet's width 1 by default
+
+
+def test_check_vgg16_file_refuses_what_load_refuses(tmp_path, variables):
+    weights = _random_hwio(7)
+    partial = _write_keras_h5(tmp_path / "partial.h5", weights, "keras2", skip=("conv5_3",))
+    with pytest.raises(ValueError, match=r"partial\.h5.*conv5_3 \(block5_conv3\)"):
+        pt.check_vgg16_file(partial, width=WIDTH)
+    th = dict(weights)
+    kernel, bias = weights["conv2_1"]
+    th["conv2_1"] = (np.ascontiguousarray(kernel.transpose(3, 2, 0, 1)), bias)  # OIHW
+    with pytest.raises(ValueError, match=r"conv2_1/kernel \(block2_conv1\) has shape"):
+        pt.check_vgg16_file(_write_keras_h5(tmp_path / "th.h5", th, "legacy"), width=WIDTH)
+    path = pt.save_npz(variables, tmp_path / "ours.npz")  # conv1_1 ... fc8: the trunk is checked
+    pt.check_vgg16_file(path, width=WIDTH)
+    with pytest.raises(ValueError, match="format must be one of"):
+        pt.check_vgg16_file(path, format="caffe")
+    with pytest.raises(FileNotFoundError, match=r"missing\.h5"):
+        pt.check_vgg16_file(tmp_path / "missing.h5")

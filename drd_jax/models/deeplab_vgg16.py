@@ -24,10 +24,12 @@ dropout) into the ``'features'`` collection, which costs nothing unless the coll
 :func:`apply_with_features` returns them next to the logits.
 """
 
+import math
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 
 from drd_jax import ops
@@ -79,8 +81,9 @@ class DeepLabVGG16(nn.Module):
     """DeepLab-VGG16 LargeFOV; depth-aware teacher or plain student on the same param tree.
 
     Attributes:
-      num_classes: K, the number of output channels of ``fc8``.
-      width: multiplier of every hidden width (1.0 = the paper's network; small values for CPU).
+      num_classes: K >= 1, the number of output channels of ``fc8``.
+      width: multiplier of every hidden width, a finite number > 0 (1.0 = the paper's network;
+        small values for CPU).
       depth_aware: teacher (True: depth-aware convs, needs ``depth``) or student (False).
       alpha: depth similarity sharpness, 1/metre.
       depth_aware_layers: 'all' or 'block_first' (see ``depth_aware_layer_names``).
@@ -92,6 +95,10 @@ class DeepLabVGG16(nn.Module):
       dropout_rate: dropout after fc6 and fc7 when ``train``.
       conv_implementation: ``ops.depth_aware_conv`` implementation ('fast' or 'reference').
       dtype: computation dtype (e.g. jnp.bfloat16); params stay float32.
+
+    Raises:
+      ValueError: at construction, a ``num_classes`` that is not an integer >= 1 or a ``width``
+        that is not a finite number > 0 (``DeepLabVGG16: <argument> must be ...``).
     """
 
     num_classes: int
@@ -105,6 +112,16 @@ class DeepLabVGG16(nn.Module):
     dropout_rate: float = 0.5
     conv_implementation: str = "fast"
     dtype: jnp.dtype | None = None
+
+    def __post_init__(self):
+        k = self.num_classes
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise ValueError(f"DeepLabVGG16: num_classes must be an integer >= 1, got {k!r}")
+        w = self.width
+        ok = not isinstance(w, bool) and isinstance(w, int | float | np.integer | np.floating)
+        if not (ok and math.isfinite(w) and w > 0):
+            raise ValueError(f"DeepLabVGG16: width must be a finite number > 0, got {w!r}")
+        super().__post_init__()
 
     def _conv(self, name: str, features: int, kernel_size: Sequence[int], dilation: int = 1):
         return DepthAwareConv(
