@@ -563,11 +563,13 @@ def fingerprint(config: ml_collections.ConfigDict) -> str:
     A run that uses none of the seed papers' methods (``KD_WEIGHT_FIELDS``) also leaves out every
     field of those methods (``KD_FIELDS``), and the ``ADDED_FIELDS`` that hold the value runs had
     before them: they do not change what it computes, and runs written before the fields existed
-    keep their fingerprint (so they are still resumed and reused). ``teacher_workdir`` is where
-    the teacher is, not which one: a student records its teacher's params fingerprint instead
-    (``runs``), so that a run directory moved or copied with its teacher is the same run.
+    keep their fingerprint (so they are still resumed and reused). A non-empty
+    ``teacher_workdir`` is where the teacher is, not which one: it is left out too, and a student
+    records its teacher's params fingerprint instead (``runs``), so that a run directory moved or
+    copied with its teacher is the same run.
     """
-    return _fingerprint(config, FINGERPRINT_IGNORE + ("teacher_workdir",))
+    where = ("teacher_workdir",) if config.get("teacher_workdir") else ()  # "": as always
+    return _fingerprint(config, FINGERPRINT_IGNORE + where)
 
 
 def legacy_fingerprints(config: ml_collections.ConfigDict) -> tuple[str, ...]:

@@ -47,6 +47,7 @@ __all__ = [
     "FINAL_METRICS_NAME",
     "FinishedRunError",
     "RunCheckpoint",
+    "TEACHER_KEY",
     "eval_summary",
     "evaluate_run",
     "final_metrics",

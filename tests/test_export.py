@@ -9,6 +9,7 @@ model, and ``segment`` against both. XLA optimisations are off here and in the s
 import hashlib
 import json
 import os
+import pathlib
 import re
 import shutil
 import subprocess
@@ -452,7 +453,7 @@ def test_an_output_under_a_file_is_refused_naming_it(baseline_run, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "link"]
 
 
-def test_a_read_only_output_is_refused_naming_it(run, baseline_run, small_tmpfs):
+def test_a_read_only_output_is_refused_naming_it(run, baseline_run, small_tmpfs, monkeypatch):
     fs = small_tmpfs("1m")
     subprocess.run(["mount", "-o", "remount,ro", str(fs)], check=True, capture_output=True)
     out = fs / "out"
@@ -460,10 +461,12 @@ def test_a_read_only_output_is_refused_naming_it(run, baseline_run, small_tmpfs)
         export.export(str(baseline_run), str(out), platforms=("cpu",))
     message = str(e.value)
     assert message.startswith(f"output {out} is not writable") and "read-only" in message
-    with pytest.raises(OSError) as e:  # a write fault (checks passed, e.g. remounted since)
-        serving._write_new_dir(out, {"card.json": b"{}"}, overwrite=False)
+    # A write fault (the checks passed: e.g. the disk was remounted read-only since).
+    monkeypatch.setattr(serving, "check_output_dir", lambda path, **_: pathlib.Path(path))
+    with pytest.raises(export.ExportError) as e:
+        export.export(str(baseline_run), str(out), platforms=("cpu",), input_size=(32, 32))
     assert str(e.value) == f"output {out}: cannot write the export there (Read-only file system)"
-    assert e.value.errno == 30  # EROFS
+    assert isinstance(e.value.__context__, OSError) and e.value.__context__.errno == 30  # EROFS
     assert os.listdir(fs) == []
 
 
