@@ -30,6 +30,11 @@ Writes, atomically, into ``<workdir>``:
   TN, SN, legend; ``--figure_images=0``: no figure);
 * ``curves.png``: training loss and test mIoU of every run.
 
+A finished run is reused, checked against its final checkpoint (``runs.finished_run``); a student
+is matched to its teacher by the teacher's params, not its path, so a moved or copied experiment
+reuses every run. On a read-only ``<workdir>`` whose runs have all finished, the results are
+printed and nothing is written.
+
 ``--multihost`` (with ``--coordinator_address``, ``--num_processes``, ``--process_id``, or
 auto-detected, and ``--coordinator_timeout``; ``experiments/multihost.py``; ``--help`` lists
 them): every process runs this command as one job on shared storage. Process 0 builds the
@@ -327,7 +332,18 @@ def reproduce(
         "data": round(data_seconds, 1),
         "runs": round(sum(t["seconds"] for t in timing.values()), 1),
     }
-    if jax.process_index() == 0:  # one process writes the results and figures
+    if jax.process_index() == 0 and not _writable(workdir):
+        # A read-only copy of a finished experiment: every run was reused; show, do not write.
+        logging.warning(
+            "%s is not writable: its runs were reused, the results are printed and not written",
+            workdir,
+        )
+        print(
+            markdown(
+                summary, dataset=config.dataset, steps=config.num_train_steps, width=config.width
+            )
+        )
+    elif jax.process_index() == 0:  # one process writes the results and figures
         run_dirs = {r.key: runs_dir / r.key for r in order}
         _write_results(summary, config, workdir, run_dirs, shown, figure_images, data_dir)
         summary["seconds"]["total"] = round(time.perf_counter() - started, 1)
@@ -335,6 +351,17 @@ def reproduce(
         atomic_write_text(workdir / RESULTS_JSON, text)
     sync_processes("results written")
     return summary
+
+
+def _writable(workdir: pathlib.Path) -> bool:
+    """Whether the results can be written into ``workdir`` (``files.check_writable_dir``)."""
+    from drd_jax.files import UnusableDirectoryError, check_writable_dir
+
+    try:
+        check_writable_dir(workdir, what="--workdir")
+    except UnusableDirectoryError:
+        return False
+    return True
 
 
 def _write_results(summary, config, workdir, run_dirs, shown, figure_images, data_dir) -> None:

@@ -3,6 +3,7 @@
 import json
 import pathlib
 import shutil
+import subprocess
 import sys
 
 import numpy as np
@@ -224,6 +225,19 @@ def test_a_moved_copy_reuses_every_run(table1, data_dir, tmp_path):
         e["params_fingerprint"] for e in first["tables"]["1"]
     ]
     assert {p: p.read_bytes() for p in (copy / "runs").rglob("*") if p.is_file()} == before
+
+
+def test_a_read_only_copy_reuses_every_run_and_writes_nothing(table1, data_dir, small_tmpfs):
+    workdir, first = table1
+    fs = small_tmpfs("64m")
+    copy = fs / "copy"
+    shutil.copytree(workdir, copy, symlinks=True)
+    before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    subprocess.run(["mount", "-o", "remount,ro", str(fs)], check=True, capture_output=True)
+    summary = reproduce.reproduce(tiny(data_dir), copy, ["1"], figure_images=0)
+    assert all(run["reused"] for run in summary["runs"].values())
+    assert [e["ours"] for e in summary["tables"]["1"]] == [e["ours"] for e in first["tables"]["1"]]
+    assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
 
 
 def test_a_student_of_another_teacher_is_refused(table1):
