@@ -321,6 +321,18 @@ def _infer_dict_format(source: Mapping[str, Any]) -> str:
     )
 
 
+def _file_format(path: pathlib.Path, format: str | None, *, or_else: str = "") -> str:
+    """``format``, else the one ``path``'s suffix names (``ValueError`` naming the file and the
+    known suffixes, then ``or_else``, when it names none)."""
+    fmt = format or _SUFFIX_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(
+            f"{path}: cannot infer the weights format from suffix {path.suffix!r}; "
+            f"known suffixes: {sorted(_SUFFIX_FORMATS)}{or_else}"
+        )
+    return fmt
+
+
 def load_vgg16_params(
     source: str | os.PathLike | Mapping[str, Any],
     *,
@@ -362,12 +374,7 @@ def load_vgg16_params(
         raise ValueError("format='keras_h5' needs a file path, not a dict")
 
     path = pathlib.Path(source)
-    fmt = format or _SUFFIX_FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise ValueError(
-            f"{path}: cannot infer the weights format from suffix {path.suffix!r}; "
-            f"known suffixes: {sorted(_SUFFIX_FORMATS)}, or pass format= one of {FORMATS}"
-        )
+    fmt = _file_format(path, format, or_else=f", or pass format= one of {FORMATS}")
     if not path.is_file():
         raise FileNotFoundError(f"VGG16 weights file not found: {path}")
     if fmt == "keras_h5":
@@ -509,12 +516,7 @@ def check_vgg16_file(
     if format is not None and format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS} or None, got {format!r}")
     path = pathlib.Path(path)
-    fmt = format or _SUFFIX_FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise ValueError(
-            f"{path}: cannot infer the weights format from suffix {path.suffix!r}; "
-            f"known suffixes: {sorted(_SUFFIX_FORMATS)}"
-        )
+    fmt = _file_format(path, format)
     if not path.exists():
         raise FileNotFoundError(f"VGG16 weights file not found: {path}")
     if not path.is_file():

@@ -98,6 +98,18 @@ def train(workdir: pathlib.Path, data_dir: pathlib.Path, *overrides: str) -> lis
     )
 
 
+def export(checkpoint: pathlib.Path, output: pathlib.Path, *flags: str) -> list[str]:
+    """``experiments.export`` of ``checkpoint`` into ``output`` at 32x32, for the CPU."""
+    return tool(
+        "experiments.export",
+        f"--checkpoint={checkpoint}",
+        f"--output={output}",
+        "--input_size=32,32",
+        "--platforms=cpu",
+        *flags,
+    )
+
+
 def copy_of(path: pathlib.Path, folder: pathlib.Path) -> pathlib.Path:
     dest = folder / path.name
     shutil.copytree(path, dest, symlinks=True)
@@ -207,30 +219,14 @@ def _export_overwrite_of_a_run(s: Shared, d: pathlib.Path) -> Case:
     run = copy_of(s.run, d)
     for f in s.export.iterdir():  # an export beside the run's files, as once accepted
         shutil.copy2(f, run / f.name)
-    command = tool(
-        "experiments.export",
-        f"--checkpoint={s.run}",
-        f"--output={run}",
-        "--overwrite",
-        "--input_size=32,32",
-        "--platforms=cpu",
-    )
-    return Case(command, 2, r"not part of it", unchanged=(run,))
+    return Case(export(s.run, run, "--overwrite"), 2, r"not part of it", unchanged=(run,))
 
 
 def _export_overwrite_beside_notes(s: Shared, d: pathlib.Path) -> Case:
-    export = copy_of(s.export, d)
-    (export / "notes.txt").write_text("mine\n")
-    (export / "sub").mkdir()
-    command = tool(
-        "experiments.export",
-        f"--checkpoint={s.run}",
-        f"--output={export}",
-        "--overwrite",
-        "--input_size=32,32",
-        "--platforms=cpu",
-    )
-    return Case(command, 2, r"notes\.txt", unchanged=(export,))
+    out = copy_of(s.export, d)
+    (out / "notes.txt").write_text("mine\n")
+    (out / "sub").mkdir()
+    return Case(export(s.run, out, "--overwrite"), 2, r"notes\.txt", unchanged=(out,))
 
 
 def _export_of_a_damaged_checkpoint(s: Shared, d: pathlib.Path) -> Case:
@@ -238,14 +234,7 @@ def _export_of_a_damaged_checkpoint(s: Shared, d: pathlib.Path) -> Case:
     for step in (p for p in (run / "checkpoints").iterdir() if p.name.isdigit()):
         flip_bytes(largest_file(step / "state", "d"))
     out = d / "out"
-    command = tool(
-        "experiments.export",
-        f"--checkpoint={run}",
-        f"--output={out}",
-        "--input_size=32,32",
-        "--platforms=cpu",
-    )
-    return Case(command, 2, r"differs from the checksum", (run,), (out,))
+    return Case(export(run, out), 2, r"differs from the checksum", (run,), (out,))
 
 
 def _segment_with_an_edited_export_card(s: Shared, d: pathlib.Path) -> Case:
@@ -396,23 +385,14 @@ def prepare_shared(workdir: pathlib.Path, data_dir: pathlib.Path | None) -> Shar
     """The data (built unless given), a finished tiny baseline run and its export."""
     data_dir = data_dir or workdir / "data"
     run = workdir / "run"
-    export = workdir / "export"
-    for command in (
-        train(run, data_dir),
-        tool(
-            "experiments.export",
-            f"--checkpoint={run}",
-            f"--output={export}",
-            "--input_size=32,32",
-            "--platforms=cpu",
-        ),
-    ):
+    export_dir = workdir / "export"
+    for command in (train(run, data_dir), export(run, export_dir)):
         proc = subprocess.run(
             [str(a) for a in command], cwd=REPO_ROOT, env=ENV, capture_output=True, text=True
         )
         if proc.returncode:
             raise RuntimeError(f"preparing the probes failed: {command}\n{proc.stderr[-3000:]}")
-    return Shared(data_dir, run, export)
+    return Shared(data_dir, run, export_dir)
 
 
 def markdown(outcomes: Sequence[Outcome]) -> str:
