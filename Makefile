@@ -60,8 +60,10 @@ bench: $(STAMP)
 #   carry: [".whl"]    timeout_s: 600
 # bench-gpu installs $(BENCH_WHEELS)/*.whl, if any, into $(BENCH_SITE), puts that on PYTHONPATH
 # and runs experiments.bench_gpu (default budget 420 s), which writes bench_gpu.md and
-# bench_gpu.json to --output_dir (default results/bench_gpu). A CPU smoke run of the same command
-# with this checkout's .venv (BENCH_WHEELS= : nothing to install):
+# bench_gpu.json to --output_dir (default results/bench_gpu); bench_gpu.md opens with the targets'
+# PASS/FAIL verdicts, and times the D-Conv implementations fast, fast_patches and pallas (pallas:
+# Pallas interpret mode on a CPU). A CPU smoke run of the same command with this checkout's .venv
+# (BENCH_WHEELS= : nothing to install):
 #   make bench-gpu BENCH_PYTHON=.venv/bin/python BENCH_WHEELS= BENCH_GPU_FLAGS="--batch=2 \
 #     --height=32 --width_px=32 --network_width=0.0625 --repeats=1 --synthetic_config=tiny \
 #     --synthetic_steps=5"

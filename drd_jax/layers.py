@@ -43,7 +43,8 @@ class DepthAwareConv(nn.Module):
       use_bias: add a bias after the (depth-weighted) sum.
       depth_aware: if False, or if ``depth`` is None at call time, this is a plain ``nn.Conv``.
       alpha: depth similarity sharpness in 1/metre (H = exp(-alpha·|ΔD|)).
-      implementation: ``depth_aware_conv`` implementation ('fast' or 'reference').
+      implementation: ``depth_aware_conv`` implementation (one of
+        ``drd_jax.ops.depth_conv.IMPLEMENTATIONS``: 'fast', 'pallas', 'auto', ...).
       dtype: computation dtype (None: inferred from inputs and params).
       param_dtype: dtype of ``kernel`` and ``bias``.
     """

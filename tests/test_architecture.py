@@ -29,6 +29,8 @@ LAYERS = {
     "drd_jax.ops.windows": 1,
     "drd_jax.ops.depth_pool": 1,
     "drd_jax.ops.depth_conv": 1,
+    "drd_jax.ops.depth_conv_pallas": 1,
+    "drd_jax.ops.implementation_choice": 1,
     "drd_jax.ops.valid_region": 1,
     "drd_jax.metrics": 1,
     "drd_jax.parallel": 1,

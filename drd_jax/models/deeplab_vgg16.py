@@ -93,7 +93,8 @@ class DeepLabVGG16(nn.Module):
       pool5a: add the 3×3/1 average pooling after pool5 (plain unless ``depth_aware_pooling``).
       depth_pool_method: how depth is resized at stride-2 poolings: 'valid_mean' or 'nearest'.
       dropout_rate: dropout after fc6 and fc7 when ``train``.
-      conv_implementation: ``ops.depth_aware_conv`` implementation ('fast' or 'reference').
+      conv_implementation: ``ops.depth_aware_conv`` implementation (one of
+        ``drd_jax.ops.depth_conv.IMPLEMENTATIONS``: 'fast', 'pallas', 'auto', ...).
       dtype: computation dtype (e.g. jnp.bfloat16); params stay float32.
 
     Raises:

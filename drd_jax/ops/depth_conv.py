@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from drd_jax.ops.depth_conv_pallas import depth_conv_pallas
+from drd_jax.ops.implementation_choice import AUTO, choose_implementation
 from drd_jax.ops.windows import (
     Padding,
     as_pair,
@@ -30,12 +32,14 @@ from drd_jax.ops.windows import (
 
 DEFAULT_ALPHA = 8.3
 IMPLEMENTATIONS = (
+    AUTO,
     "fast",
     "fast_tiles",
     "fast_offsets",
     "fast_patches",
     "checkpoint",
     "reference",
+    "pallas",
 )
 
 
@@ -552,6 +556,7 @@ _IMPLS = {
     ),
     "checkpoint": _checkpointed,
     "reference": _reference,
+    "pallas": depth_conv_pallas,
 }
 
 
@@ -647,6 +652,15 @@ def depth_aware_conv(
         backward pass recomputes the shifts); supports forward and reverse mode; slower backward.
       * ``'reference'``: materialises the ``(N, H', W', kh·kw·Cin)`` patch tensor of ``x``,
         multiplies by ``H``, one contraction. Simple and memory-hungry; kept for tests.
+      * ``'auto'``: the implementation measured fastest on the platform the call is traced on
+        (``jax.default_backend()``), from the table in :mod:`drd_jax.ops.implementation_choice`;
+        ``'fast'`` everywhere until a GPU has measured it.
+      * ``'pallas'``: fused Pallas kernels (:mod:`drd_jax.ops.depth_conv_pallas`): an implicit
+        GEMM over the offsets × ``Cin`` blocks per tile of output pixels, f32 accumulation, never
+        the patch tensor nor K passes over memory; dx and dW are Pallas kernels too (custom VJP,
+        first-order reverse mode only). Triton on GPU; on CPU the same kernels in Pallas
+        interpret mode (slow: for tests). ``x`` is zero-padded once outside the kernel (one
+        copy).
 
     Args:
       x: ``(N, H, W, Cin)`` features, float32 or bfloat16.
@@ -669,6 +683,8 @@ def depth_aware_conv(
       ValueError: wrong ranks, mismatched ``N/H/W`` between ``x`` and ``depth``, ``Cin`` mismatch,
         dtype mismatch, even kernel sizes, unknown ``padding`` or ``implementation``.
     """
+    if implementation == AUTO:
+        implementation = choose_implementation()
     if implementation not in _IMPLS:
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
     x = jnp.asarray(x)
