@@ -246,6 +246,18 @@ def _to_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
+def _torchvision_keys(state, where: str):
+    """``(layer name, weight key, bias key)`` of each VGG16 trunk conv present in a torchvision
+    state dict (a layer with neither key is skipped; one with only one of them is refused)."""
+    for name, index in TORCHVISION_INDICES.items():
+        w_key, b_key = f"features.{index}.weight", f"features.{index}.bias"
+        if w_key not in state and b_key not in state:
+            continue
+        if w_key not in state or b_key not in state:
+            raise ValueError(f"{where}: layer {name} needs both {w_key} and {b_key}")
+        yield name, w_key, b_key
+
+
 def _from_torchvision(state: Mapping[str, Any], where: str, strict: bool) -> dict[str, Layer]:
     keys = list(state)
     if keys and all(str(k).startswith("module.") for k in keys):
@@ -256,12 +268,7 @@ def _from_torchvision(state: Mapping[str, Any], where: str, strict: bool) -> dic
             "supported"
         )
     layers: dict[str, Layer] = {}
-    for name, index in TORCHVISION_INDICES.items():
-        w_key, b_key = f"features.{index}.weight", f"features.{index}.bias"
-        if w_key not in state and b_key not in state:
-            continue
-        if w_key not in state or b_key not in state:
-            raise ValueError(f"{where}: layer {name} needs both {w_key} and {b_key}")
+    for name, w_key, b_key in _torchvision_keys(state, where):
         weight = _to_numpy(state[w_key])
         if weight.ndim != 4:
             raise ValueError(f"{where}: {w_key} must be 4-D OIHW, got shape {weight.shape}")
@@ -451,12 +458,7 @@ def _torchvision_shapes(state: Mapping[str, Any], where: str):
             f"{where}: a batch-norm VGG (vgg16_bn) state dict; only vgg16 is supported"
         )
     shapes = {}
-    for name, index in TORCHVISION_INDICES.items():
-        w_key, b_key = f"features.{index}.weight", f"features.{index}.bias"
-        if w_key not in state and b_key not in state:
-            continue
-        if w_key not in state or b_key not in state:
-            raise ValueError(f"{where}: layer {name} needs both {w_key} and {b_key}")
+    for name, w_key, b_key in _torchvision_keys(state, where):
         w = tuple(np.shape(state[w_key]))
         if len(w) != 4:
             raise ValueError(f"{where}: {w_key} must be 4-D OIHW, got shape {w}")
