@@ -51,13 +51,17 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m experiments.bench_dconv
 
-# The GPU benchmark (issue 15, part 3) on the lent GPU machine: Python 3.12 at python3 with jax
-# 0.11.2 + CUDA, flax, optax, orbax, torch, ...; no network and no .venv, so bench-gpu needs no
-# install step here. First, here: `make gpu-wheels` downloads into .whl/ (gitignored, ~11 MiB)
-# the wheels of what that machine lacks (grain, tensorflow-datasets, array_record, ...; see
-# experiments/gpu_wheels.sh). Then the device call (the `run` tool):
-#   command: set -o pipefail; make bench-gpu BENCH_GPU_FLAGS=--output_dir=$OUT 2>&1 | tee $OUT/bench_gpu.log
-#   carry: [".whl"]    timeout_s: 600
+# The GPU benchmark, on your GPU machine. It needs a Python with jax and its CUDA plugin (e.g.
+# `make install JAX_ACCELERATOR=cuda13` and BENCH_PYTHON=.venv/bin/python, or an environment of
+# your own) and the [train] extras (`pip install -e ".[train]"`); torch is optional (the PyTorch
+# peer's row is skipped without it). bench-gpu has no install step of its own:
+#   make bench-gpu BENCH_PYTHON=.venv/bin/python BENCH_GPU_FLAGS=--output_dir=results/bench_gpu
+# Only for a GPU machine without network access: `make gpu-wheels`, on a machine with network,
+# downloads into .whl/ (gitignored) the wheels of the data stack and the extras it needs (see
+# experiments/gpu_wheels.sh for the list and what it assumes is already installed); copy .whl/
+# along with the checkout (a job runner that copies ignored paths only when told needs e.g.
+# carry: [".whl"]) and bench-gpu installs them first. E.g., with $OUT a folder that comes back:
+#   set -o pipefail; make bench-gpu BENCH_GPU_FLAGS=--output_dir=$OUT 2>&1 | tee $OUT/bench_gpu.log
 # bench-gpu installs $(BENCH_WHEELS)/*.whl, if any, into $(BENCH_SITE), puts that on PYTHONPATH
 # and runs experiments.bench_gpu (default budget 420 s), which writes bench_gpu.md and
 # bench_gpu.json to --output_dir (default results/bench_gpu); bench_gpu.md opens with the targets'

@@ -32,7 +32,7 @@ def _conv_padding(padding: PaddingLike):
 
 
 class DepthAwareConv(nn.Module):
-    """A 2-D convolution that is depth-aware (SPEC §1) when configured so and given depth.
+    """A 2-D convolution, depth-aware (docs/method.md, D-Conv) when configured so and given depth.
 
     Attributes:
       features: number of output channels Cout.

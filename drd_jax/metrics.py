@@ -1,4 +1,4 @@
-"""Semantic-segmentation metrics from one confusion matrix (SPEC §1 "Metrics").
+"""Semantic-segmentation metrics from one confusion matrix (docs/method.md, Metrics).
 
 Accumulate a confusion matrix on device, batch after batch (and across devices with
 ``jax.lax.psum``), then read every metric from it once at the end of the test set::

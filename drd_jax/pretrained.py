@@ -1,4 +1,6 @@
-"""ImageNet VGG16 weights for the DeepLab-VGG16 trunk (SPEC §2): load, convert, merge, export.
+"""ImageNet VGG16 weights for the DeepLab-VGG16 trunk: load, convert, merge, export.
+
+The model: docs/method.md, Model.
 
 Only the 13 trunk convolutions ``conv1_1`` … ``conv5_3`` are loaded. DeepLab-LargeFOV's ``fc6``
 (3×3, dilation 12, 512 → 1024), ``fc7`` (1×1, 1024 → 1024) and ``fc8`` do not have the shapes of

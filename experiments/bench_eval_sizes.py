@@ -8,8 +8,8 @@ through SUN RGB-D's four sensor sizes (kv2 530×730, realsense 531×681, kv1 427
 441×591), scaled by ``1 / --scale``. A DeepLab-VGG16 student or teacher (``--depth_aware``) with
 random weights is evaluated with ``steps.eval_step`` and ``loop.evaluate``, as the trainer does:
 
-* ``per size``: no padding, batch 1: one program compiled per image size (the behaviour before
-  issue 15);
+* ``per size``: no padding, batch 1: one program compiled per image size (the trainer's
+  former behaviour);
 * ``padded, batch B``: every image padded into the largest size
   (``input_pipeline.eval_pad_size``), ``eval_step(padded=True)``: one program.
 

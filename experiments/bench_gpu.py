@@ -1,4 +1,4 @@
-r"""The GPU benchmark of issue 15 (part 3): one command, a time budget, Markdown and JSON reports.
+r"""The GPU benchmark: one command, a time budget, Markdown and JSON reports.
 
     python -m experiments.bench_gpu                     # on one GPU: the defaults, ~7 minutes
     make bench-gpu BENCH_GPU_FLAGS=--output_dir=$OUT    # on the lent GPU machine (see Makefile)
@@ -1149,7 +1149,7 @@ def format_markdown(report: dict) -> str:
     """The Markdown report: header, a status table of the sections, then each section."""
     h, a = report["header"], report["header"]["settings"]
     lines = [
-        "# GPU benchmark (issue 15, part 3)",
+        "# GPU benchmark",
         "",
         f"- command: `{h['command']}`",
         f"- started {h['started']}; Python {h['python']}, jax {h['jax']} (jaxlib {h['jaxlib']}), "

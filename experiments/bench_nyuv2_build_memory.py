@@ -1,4 +1,4 @@
-"""Peak memory of building NYUv2 from a full-size ``nyu_depth_v2_labeled.mat`` (issue 4).
+"""Peak memory of building NYUv2 from a full-size ``nyu_depth_v2_labeled.mat``.
 
 Writes a labeled .mat in the official MATLAB v7.3 layout (by default all 1449 frames at 480x640,
 like the real 2.8 GB download), one frame at a time so the generator stays lean, then runs

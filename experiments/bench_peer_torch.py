@@ -1,6 +1,6 @@
 """Benchmark: our fast D-Conv against a PyTorch peer written like the Depth-aware CNN CPU ports.
 
-Run ``python -m experiments.bench_peer_torch [--repeats 5]`` (issue 6). Needs PyTorch, an optional
+Run ``python -m experiments.bench_peer_torch [--repeats 5]``. Needs PyTorch, an optional
 benchmark-only dependency (``pip install torch==2.13.0``); without it the script says so and exits
 with status 0.
 
@@ -36,7 +36,7 @@ import numpy as np
 from experiments import bench_dconv
 from experiments.bench_dconv import VGG240_LAYERS, distinct_shapes
 
-ALPHA = 8.3  # drd_jax.ops.DEFAULT_ALPHA, the SPEC's value
+ALPHA = 8.3  # drd_jax.ops.DEFAULT_ALPHA (docs/method.md, D-Conv)
 TORCH_HINT = "torch not installed; pip install torch==2.13.0 to run this benchmark"
 
 

@@ -1,4 +1,4 @@
-r"""Judge ``synthetic_rgbd`` variants by the calibration criteria of issue 13 (no student involved).
+r"""Judge ``synthetic_rgbd`` variants by FIDELITY.md's calibration criteria (no student involved).
 
     python -m experiments.calibrate_synthetic --workdir=/tmp/calib --variants=default,calib_a
     python -m experiments.calibrate_synthetic --workdir=/tmp/calib --variants=calib_c \

@@ -20,8 +20,8 @@ fc6       1/8        12          96
 Only pairs where both pixels are inside the map and have a depth reading count (the op gives the
 others H = 1, which says nothing about the scene: a padded tap multiplies a zero feature); a stage
 with no such pair prints '–'. ``--padded_taps`` averages every tap instead, padding at H = 1 (the
-convention of the table in issue 13: it lifts fc6 of a 480×640 frame from 0.27 to 0.45, and makes
-fc6 of a 120×160 map, whose dilation-12 taps mostly fall outside it, meaningless).
+convention of the target table, FIDELITY.md section 1: it lifts fc6 of a 480×640 frame from 0.27 to
+0.45, and makes fc6 of a 120×160 map, whose dilation-12 taps mostly fall outside it, meaningless).
 
     python -m experiments.depth_weight_stats --nyuv2_frame                      # the real frame
     python -m experiments.depth_weight_stats --nyuv2_frame --resize=120x160     # downsized

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Downloads into DEST (default .whl/) the wheels of the Python packages that the lent GPU machine
-# lacks and `python -m experiments.bench_gpu` needs at run time (`make gpu-wheels`; the Makefile's
-# `bench-gpu` installs them there). That machine has Python 3.12 (x86-64) with jax 0.11.2 + CUDA,
-# flax, optax, orbax-checkpoint, chex, absl-py, etils, tensorstore, numpy, pillow, matplotlib,
-# pyyaml, requests, tqdm, psutil, pyarrow, wrapt, cloudpickle, six, attrs, fsspec, zipp,
-# typing-extensions, packaging, h5py, scipy, torch, ... and no network.
+# Downloads into DEST (default .whl/) the wheels of the Python packages that a GPU machine without
+# network access may lack and `python -m experiments.bench_gpu` needs at run time (`make
+# gpu-wheels`; the Makefile's `bench-gpu` installs them there). The list assumes a machine with
+# Python 3.12 (x86-64) with jax 0.11.2 + CUDA, flax, optax, orbax-checkpoint, chex, absl-py,
+# etils, tensorstore, numpy, pillow, matplotlib, pyyaml, requests, tqdm, psutil, pyarrow, wrapt,
+# cloudpickle, six, attrs, fsspec, zipp, typing-extensions, packaging, h5py, scipy, torch, ...
+# already installed.
 #
 # Carried: the data stack (tensorflow-datasets, array_record, grain), ml_collections, tensorboardX
 # and their needs that machine lacks (each wheel's Requires-Dist checked), plus protobuf: the

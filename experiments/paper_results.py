@@ -1,9 +1,9 @@
 """The paper's published figures (mPA / mIoU in %), keyed by table, run and dataset.
 
-Source: ../shared/papers/depth-removal-distillation.txt (Tables 1, 3 and 4). The text extraction of
-Table 1 drops the SUN RGB-D "No Initialization" BL mIoU and garbles its TN mIoU; both are taken
-from the poster (../shared/papers/depth-removal-distillation-poster.txt): BL 22.9 (also Table 3's
-BL row) and TN 30.8. Table 4 was reported on NYUv2 only.
+Source: the paper (Fang et al., ICASSP 2022; CITATION.cff), Tables 1, 3 and 4. The text
+extraction of Table 1 we read drops the SUN RGB-D "No Initialization" BL mIoU and garbles its TN
+mIoU; both are taken from the paper's poster: BL 22.9 (also Table 3's BL row) and TN 30.8. Table 4
+was reported on NYUv2 only.
 """
 
 from __future__ import annotations

@@ -132,7 +132,7 @@ def per_class_table(
 
 
 def paper_target(results: list[dict]) -> list[str]:
-    """Issue 13's target on the seed means: SN − BL ≥ 0.5·(TN − BL) and BL < BL+PS ≤ SN."""
+    """The target of FIDELITY.md on the seed means: SN − BL ≥ 0.5·(TN − BL) and BL < BL+PS ≤ SN."""
     runs = [runs_by_key(body) for body in results]
     need = ("bl", "tn", "sn", "bl_ps")
     if not all(k in runs[0] for k in need):

@@ -207,7 +207,7 @@ def test_each_term_has_one_name_in_config_dataclass_and_metrics():
 
 
 def test_fingerprints_of_recorded_workdirs_do_not_change():
-    # Recorded before the trainer was split into config/state/steps/runs (issue 14): a base
+    # Recorded before the trainer was split into config/state/steps/runs: a base
     # config, the same without the fields it ignores, and a student with a seed paper's method
     # (whose KD fields count). A change here orphans every existing workdir.
     config = base.get_base_config()

@@ -1,4 +1,4 @@
-"""Every builder of tfds_builders refuses an unknown config by listing its configs (issue 16)."""
+"""Every builder of tfds_builders refuses an unknown config by listing its configs."""
 
 import importlib
 

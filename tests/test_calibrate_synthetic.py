@@ -1,4 +1,4 @@
-"""experiments.calibrate_synthetic: the criteria of issue 13, on hand-made records."""
+"""experiments.calibrate_synthetic: FIDELITY.md's calibration criteria, on hand-made records."""
 
 import numpy as np
 import pytest

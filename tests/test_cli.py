@@ -1,4 +1,4 @@
-"""The entry points' command line (experiments/cli.py, issue 16): a user error is one line on
+"""The entry points' command line (experiments/cli.py): a user error is one line on
 stderr with exit status 2, a bug keeps its traceback, and the default log is quiet.
 
 The commands run in subprocesses (absl parses flags once per process); the errors come before

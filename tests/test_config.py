@@ -1,5 +1,5 @@
-"""drd_jax.config: the messages of the per-field checks (issue 16), every field's one-line help
-and the list of fields that ``--help`` prints (issue 17)."""
+"""drd_jax.config: the messages of the per-field checks, every field's one-line help
+and the list of fields that ``--help`` prints."""
 
 import math
 import re

@@ -1,8 +1,8 @@
 """Tests for drd_jax.ops.depth_conv and drd_jax.ops.windows against an independent NumPy loop.
 
-The NumPy oracle below follows SPEC §1 literally: explicit Python loops over output positions and
-window offsets, its own padding arithmetic (the 'SAME'/'VALID' rules of lax.conv_general_dilated
-written out by hand), its own validity rule. It calls nothing from drd_jax.
+The NumPy oracle below follows docs/method.md (D-Conv) literally: explicit Python loops over output
+positions and window offsets, its own padding arithmetic (the 'SAME'/'VALID' rules of
+lax.conv_general_dilated written out by hand), its own validity rule. It calls nothing from drd_jax.
 """
 
 import functools
@@ -565,7 +565,7 @@ def test_fast_strategy_choice_and_dw_from_patches_matches_reference():
 
 
 # ------------------------------------------------------------------------------------------------
-# Zero-size batches and channels (issue 16)
+# Zero-size batches and channels
 # ------------------------------------------------------------------------------------------------
 
 EMPTY_CASES = {

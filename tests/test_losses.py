@@ -595,7 +595,7 @@ def test_docstring_examples(module):
 
 
 # ---------------------------------------------------------------------------------------------
-# Invalid temperatures and float labels are never silent (issue 16)
+# Invalid temperatures and float labels are never silent
 # ---------------------------------------------------------------------------------------------
 
 BAD_TEMPERATURES = (-1.0, -1e-30, math.inf, -math.inf, math.nan)

@@ -172,7 +172,7 @@ def test_bad_inputs_are_rejected(tiny_teacher_variables):
     ids=["teacher", "teacher_pool5a", "student"],
 )
 def test_empty_batch_gives_empty_logits_and_zero_gradients(tiny_teacher_variables, options):
-    """N = 0 (issue 16): logits (0, H, W, K) and zero gradients of the param tree's shapes."""
+    """N = 0: logits (0, H, W, K) and zero gradients of the param tree's shapes."""
     image, depth = _batch(n=0)
     model = DeepLabVGG16(**options, **TINY)
     sizes = jnp.zeros((0, 2), jnp.int32)

@@ -1,5 +1,5 @@
 """Evaluation on images of mixed sizes: padded into one canvas, compiled once, and predicting on
-each image's real part what the unpadded image gives (issue 15, part 6)."""
+each image's real part what the unpadded image gives."""
 
 import functools
 

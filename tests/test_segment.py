@@ -296,7 +296,7 @@ def test_teacher_segments_with_depth(teacher_run, images, depth_files, tmp_path)
 
 
 # ------------------------------------------------------------------------------------------------
-# Depth units (issue 16): a .npy in millimetres is refused, --depth_scale names the unit
+# Depth units: a .npy in millimetres is refused, --depth_scale names the unit
 # ------------------------------------------------------------------------------------------------
 
 

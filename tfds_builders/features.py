@@ -1,4 +1,4 @@
-"""Feature specification shared by every RGB-D segmentation builder (SPEC §3).
+"""Feature specification shared by every RGB-D segmentation builder (docs/method.md, Data).
 
 An example holds ``image`` (uint8 H×W×3 RGB, PNG-encoded), ``depth`` (float32 H×W, metres,
 0 = no reading) and ``label`` (uint8 H×W, 0 = void, 1..K as the dataset defines them). Depth and

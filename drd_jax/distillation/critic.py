@@ -5,6 +5,9 @@ jitted step as the student, right after the student's update, on that step's (de
 scores as "fake" and the teacher's as "real", with its own Adam optimiser
 (``config.critic_learning_rate``, β = (0.9, 0.99)) and penalty weight ``config.critic_gp_weight``.
 The student's term ``-mean D(softmax(z_s))`` uses the critic before that update.
+
+Upstream differs: Structured KD's critic uses BatchNorm in training mode and is trained with SGD
+with momentum (docs/method.md, "Where we differ from the official ... code").
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ def make_critic(width: float) -> ScoreMapCritic:
 
 
 def critic_optimizer(learning_rate: float) -> optax.GradientTransformation:
-    """Adam with β = (0.9, 0.99), as Structured KD's critic."""
+    """Adam with β = (0.9, 0.99) at ``learning_rate`` (Structured KD's critic uses SGD with
+    momentum instead: docs/method.md)."""
     return optax.adam(float(learning_rate), b1=0.9, b2=0.99)
 
 

@@ -1,4 +1,5 @@
-"""DeepLab-VGG16 (LargeFOV), as the depth-aware teacher and as the plain student (SPEC §2).
+"""DeepLab-VGG16 (LargeFOV), as the depth-aware teacher and as the plain student
+(docs/method.md, Model).
 
 One module, one param tree: ``DeepLabVGG16(depth_aware=True)`` is the teacher (its 3×3 convs
 weight each neighbour by exp(-α·|ΔD|)), ``DeepLabVGG16(depth_aware=False)`` the student; both create

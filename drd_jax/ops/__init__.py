@@ -1,4 +1,7 @@
-"""Depth-aware operators: convolution, similarity windows, pooling, depth resizing (SPEC §1, §4)."""
+"""Depth-aware operators: convolution, similarity windows, pooling, depth resizing.
+
+Conventions: docs/method.md.
+"""
 
 from drd_jax.ops.depth_conv import (
     DEFAULT_ALPHA,

@@ -1,4 +1,6 @@
-"""Depth similarity windows and the depth-aware convolution (D-Conv) of SPEC §1.
+"""Depth similarity windows and the depth-aware convolution (D-Conv; paper eqs. 5-6).
+
+Conventions: docs/method.md, D-Conv.
 
 For output position ``p`` of a ``k×k`` conv with dilation ``d`` and strides ``s``::
 
@@ -104,7 +106,7 @@ def depth_similarity(
     Args:
       depth: ``(N, H, W)`` or ``(N, H, W, 1)`` depth in metres.
       kernel_size: odd int or pair of odd ints ``(kh, kw)``.
-      alpha: decay per metre of depth difference (SPEC: 8.3).
+      alpha: decay per metre of depth difference (default 8.3).
       strides, padding, dilation: window placement, as in ``lax.conv_general_dilated``.
 
     Returns:
@@ -497,12 +499,12 @@ def _patches_bwd(geometry, precision, residuals, g):
 _patches.defvjp(_patches_fwd, _patches_bwd)
 
 
-# 'fast' takes the patch formulation where it measured faster (CPU, N = 2 at 240×320, BENCHMARKS.md
-# issue 6, fwd+bwd against the plain conv): the whole of it (forward, dx, dW) when the patch matrix
-# has at most PATCH_MAX_FEATURES columns (K·Cin; conv1_1, 27 columns: 2.4× → 1.2×), and for dW
-# alone (beside the row-tiled forward and a dx-only offsets loop) up to PATCH_DW_MAX_FEATURES
-# columns and PATCH_DW_MAX_COUT outputs (conv1_2 64→64: 1.51× → 0.92×; conv2_1 64→128: 1.18× →
-# 1.07×; not conv2_2 128→128, 1152 columns: 1.21× → 1.33×).
+# 'fast' takes the patch formulation where it measured faster (CPU, N = 2 at 240×320, fwd+bwd
+# against the plain conv, BENCHMARKS.md "D-Conv per layer"): the whole of it (forward, dx, dW) when
+# the patch matrix has at most PATCH_MAX_FEATURES columns (K·Cin; conv1_1, 27 columns: 2.4× → 1.2×),
+# and for dW alone (beside the row-tiled forward and a dx-only offsets loop) up to
+# PATCH_DW_MAX_FEATURES columns and PATCH_DW_MAX_COUT outputs (conv1_2 64→64: 1.51× → 0.92×; conv2_1
+# 64→128: 1.18× → 1.07×; not conv2_2 128→128, 1152 columns: 1.21× → 1.33×).
 PATCH_MAX_FEATURES = 64
 PATCH_DW_MAX_FEATURES = 576
 PATCH_DW_MAX_COUT = 128
@@ -616,7 +618,7 @@ def depth_aware_conv(
     implementation: str = "fast",
     precision=None,
 ):
-    """Depth-aware convolution ``Y(p) = Σ_o W(o)·H(p,o)·X(c(p) + d·o)`` (SPEC §1), no bias.
+    """Depth-aware convolution ``Y(p) = Σ_o W(o)·H(p,o)·X(c(p) + d·o)`` (paper eq. 5), no bias.
 
     Output size and window placement are exactly those of ``lax.conv_general_dilated(x, kernel,
     strides, padding, rhs_dilation=dilation, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))``; X is
@@ -666,7 +668,7 @@ def depth_aware_conv(
       x: ``(N, H, W, Cin)`` features, float32 or bfloat16.
       depth: ``(N, H, W)`` or ``(N, H, W, 1)`` depth in metres (invalid: ≤ 0 or non-finite).
       kernel: ``(kh, kw, Cin, Cout)`` HWIO weights, same dtype as ``x``; ``kh``, ``kw`` odd.
-      alpha: decay per metre of depth difference (SPEC: 8.3).
+      alpha: decay per metre of depth difference (default 8.3).
       strides: int or ``(sh, sw)``.
       padding: ``'SAME'``, ``'VALID'`` or ``((lo, hi), (lo, hi))``.
       dilation: int or ``(dh, dw)``; depth offsets use the same dilation.

@@ -1,4 +1,5 @@
-"""Depth-aware average pooling and the depth resizing that follows every pooling (SPEC §1).
+"""Depth-aware average pooling and the depth resizing that follows every pooling
+(docs/method.md, "Pooling and depth").
 
 Both use the shared window machinery of :mod:`drd_jax.ops.windows`, so window placement and output
 sizes are exactly those of ``flax.linen.max_pool`` / ``avg_pool`` with the same ``window``,
@@ -50,7 +51,7 @@ def depth_aware_avg_pool(
       window: odd int or pair of odd ints (the window needs a centre pixel).
       strides: int or ``(sh, sw)``.
       padding: ``'SAME'``, ``'VALID'`` or ``((lo, hi), (lo, hi))``.
-      alpha: decay per metre of depth difference (SPEC: 8.3).
+      alpha: decay per metre of depth difference (default 8.3).
       where: optional ``(N, H, W)`` or ``(N, H, W, 1)`` bool, the pixels that count: the others
         count in neither sum, like padding (an image padded into a larger canvas pools as the
         unpadded image does, see ``drd_jax.ops.valid_region``). None: every pixel.

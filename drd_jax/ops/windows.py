@@ -1,4 +1,4 @@
-"""Sliding-window geometry shared by every windowed op in the package (SPEC §1).
+"""Sliding-window geometry shared by every windowed op in the package (docs/method.md, D-Conv).
 
 One place decides how a ``k×k`` window with strides ``s`` and dilation ``d`` sits on an ``H×W``
 input: :func:`resolve_padding` turns ``'SAME'`` / ``'VALID'`` / explicit pairs into explicit

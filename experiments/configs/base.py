@@ -14,7 +14,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     """Paper defaults: SGD lr 2.5e-4, momentum 0.9, wd 4e-4, poly 0.9, batch 1, α 8.3, β 0.9.
 
     The weight decay, poly power and augmentation follow the Depth-aware CNN training script (the
-    paper names only the learning rate, batch size, α and β); see ``../shared/docs/ANCHORS.md``.
+    paper names only the learning rate, batch size, α and β); see docs/method.md.
     The other distillation methods are off (weight 0); their upstream weights are in their help.
     """
     c = ml_collections.ConfigDict()

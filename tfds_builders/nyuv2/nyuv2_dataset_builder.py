@@ -4,7 +4,7 @@ Reads the official ``nyu_depth_v2_labeled.mat`` (MATLAB v7.3 = HDF5) frame by fr
 building never holds the 2.8 GB file in memory, plus the official ``splits.mat`` (795 train / 654
 test) and the usual ``classMapping40.mat`` / ``class13Mapping.mat`` class maps.
 
-Layout of the labeled .mat as h5py sees it (MATLAB axes reversed; RAW_FORMATS.md):
+Layout of the labeled .mat as h5py sees it (MATLAB axes reversed; README.md, "Raw layout"):
 ``images`` (N, 3, W, H) uint8, ``depths`` / ``rawDepths`` (N, W, H) float32 metres, ``labels``
 (N, W, H) uint16 with 0 = unlabeled and 1..894 the raw classes, ``scenes`` / ``sceneTypes`` cell
 arrays of references to ``char`` data. Frame k (1-based, as in splits.mat) is array index k - 1.

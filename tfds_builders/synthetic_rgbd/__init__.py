@@ -1,4 +1,4 @@
-"""``synthetic_rgbd`` TFDS builder: procedural RGB-D segmentation scenes (SPEC §3).
+"""``synthetic_rgbd`` TFDS builder: procedural RGB-D segmentation scenes (docs/method.md, Data).
 
 ``CLASS_NAMES`` / ``NUM_CLASSES`` name the stored labels 1..K (0 = void); ``scenes`` is the
 pure-numpy scene generator.

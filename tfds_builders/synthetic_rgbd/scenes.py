@@ -30,7 +30,7 @@ import dataclasses
 
 import numpy as np
 
-# Label values as stored (SPEC §3): 0 = void, 1..NUM_CLASSES the classes below.
+# Label values as stored (docs/method.md, Data): 0 = void, 1..NUM_CLASSES the classes below.
 VOID_LABEL = 0
 CLASS_NAMES: tuple[str, ...] = ("wall", "floor", "box", "ball", "pole", "cone")
 NUM_CLASSES = len(CLASS_NAMES)

@@ -1,9 +1,9 @@
 """``synthetic_rgbd``: procedural RGB-D segmentation scenes, generated locally (no download).
 
-The project's embedded default dataset (SPEC §3): it lets the whole pipeline run on a laptop CPU in
-minutes. Scenes are made by ``scenes.make_scene`` (see README.md for the recipe); every example is a
-pure function of ``(config.seed, split, index)``, so two builds of the same config are identical and
-the order of generation does not matter.
+The project's embedded default dataset (docs/method.md, Data): it lets the whole pipeline run on a
+laptop CPU in minutes. Scenes are made by ``scenes.make_scene`` (see README.md for the recipe);
+every example is a pure function of ``(config.seed, split, index)``, so two builds of the same
+config are identical and the order of generation does not matter.
 
 Build it like any TFDS dataset, without TensorFlow::
 
@@ -54,7 +54,7 @@ def _overrides(mapping: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted(mapping.items()))
 
 
-# The variants tried while calibrating the benchmark to the paper's regime (issue 13): 120x160,
+# The variants tried while calibrating the benchmark to the paper's regime: 120x160,
 # each a change of the 1.0.0 recipe (`uncalibrated`: the scenes.SceneParams defaults), each a
 # config of its own so that every recorded result can be rebuilt. What each gave, and why
 # `calib_f` became `default` in 2.0.0: FIDELITY.md.
@@ -89,7 +89,7 @@ class Builder(_common.BuilderChecks, tfds.core.GeneratorBasedBuilder):
     RELEASE_NOTES = {
         "1.0.0": "Initial release.",
         "2.0.0": (
-            "`default` is the calibrated recipe `calib_f` (issue 13: depth x 0.25, objects at "
+            "`default` is the calibrated recipe `calib_f` (FIDELITY.md: depth x 0.25, objects at "
             "1-2.5 m, no camouflage or decals, a colour of its own per object class); the 1.0.0 "
             "`default` is `uncalibrated`."
         ),
@@ -129,7 +129,7 @@ class Builder(_common.BuilderChecks, tfds.core.GeneratorBasedBuilder):
     ] + [
         SyntheticRgbdConfig(
             name=name,
-            description=f"Calibration variant (issue 13) of `uncalibrated`: {overrides}.",
+            description=f"Calibration variant (FIDELITY.md) of `uncalibrated`: {overrides}.",
             scene=_overrides(overrides),
         )
         for name, overrides in CALIBRATION_VARIANTS.items()
