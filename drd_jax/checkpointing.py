@@ -105,6 +105,7 @@ __all__ = [
     "UnreadableCheckpointError",
     "check_workdir_config",
     "config_fingerprint",
+    "recorded_fingerprint",
     "state_digest",
 ]
 
@@ -397,7 +398,7 @@ def _committed_steps(checkpoint_dir: pathlib.Path) -> list[int]:
         return []
 
 
-def _recorded_fingerprint(workdir: pathlib.Path) -> str | None:
+def recorded_fingerprint(workdir: pathlib.Path) -> str | None:
     """The fingerprint in ``<workdir>/config.json``; None when there is no such file.
 
     Raises:
@@ -428,7 +429,7 @@ def check_workdir_config(workdir: str | os.PathLike, config_fingerprint: str) ->
     workdir = pathlib.Path(workdir).expanduser().absolute()
     has_steps = bool(_committed_steps(workdir / _CHECKPOINT_DIR))
     try:
-        found = _recorded_fingerprint(workdir)
+        found = recorded_fingerprint(workdir)
     except ValueError:
         if has_steps:
             raise

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from drd_jax import input_pipeline, loop, metrics
-from drd_jax.checkpointing import Checkpointer, UnreadableCheckpointError
+from drd_jax.checkpointing import Checkpointer, UnreadableCheckpointError, recorded_fingerprint
 from drd_jax.config import (
     TEACHER_CHECKPOINTS,
     field_error,
@@ -121,9 +121,8 @@ def run_fingerprint(workdir: str | os.PathLike, config) -> str:
     if not legacy:
         return current
     try:
-        recorded = json.loads((pathlib.Path(workdir).expanduser() / "config.json").read_text())
-        recorded = recorded["config_fingerprint"]
-    except (OSError, ValueError, KeyError, TypeError):
+        recorded = recorded_fingerprint(pathlib.Path(workdir).expanduser())
+    except ValueError:  # an unreadable config.json records no earlier fingerprint
         return current
     return recorded if recorded in legacy else current
 
@@ -205,20 +204,16 @@ class FinishedRunError(RuntimeError):
     user_error = True  # entry points print it as one line (experiments/cli.py)
 
 
-def finished_run(
-    workdir: str | os.PathLike,
-    config_fingerprint: str,
-    *,
-    teacher_params_fingerprint: str | None = None,
-) -> dict | None:
-    """The final metrics of the finished run of ``config_fingerprint`` in ``workdir``, or None.
+def finished_run(workdir: str | os.PathLike, config) -> dict | None:
+    """The final metrics of the finished run of ``config`` in ``workdir``, or None.
 
-    Finished: :data:`FINAL_METRICS_NAME` records ``config_fingerprint``. Its latest checkpoint
+    Finished: :data:`FINAL_METRICS_NAME` records the run's fingerprint (:func:`run_fingerprint`).
+    Its latest checkpoint
     must then read back (content verified) to the ``params_fingerprint`` the file reports;
     otherwise :class:`FinishedRunError` is raised and nothing is written or moved: a rerun of a
     finished run never retrains it over its results, whatever it finds. None when there is no
-    such file, or it does not parse, or it records another config. A student's
-    ``teacher_params_fingerprint`` (its teacher's params now) must be the one the run recorded
+    such file, or it does not parse, or it records another config. A finished student's teacher
+    (:func:`teacher_fingerprint`, read only then) must be the one it recorded
     (:func:`check_same_teacher`). Reads only.
     """
     workdir = pathlib.Path(workdir).expanduser().absolute()
@@ -227,9 +222,12 @@ def finished_run(
         result = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(result, dict) or result.get("config_fingerprint") != config_fingerprint:
+    if not isinstance(result, dict):
         return None
-    check_same_teacher(workdir, result.get(TEACHER_KEY), teacher_params_fingerprint)
+    if result.get("config_fingerprint") != run_fingerprint(workdir, config):
+        return None
+    if result.get(TEACHER_KEY):
+        check_same_teacher(workdir, result[TEACHER_KEY], teacher_fingerprint(config))
     keep = (
         f"its results ({path}) are kept as they are. To train the run again from its newest "
         f"good checkpoint, move {path.name} out of {workdir} and rerun"

@@ -98,11 +98,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     config_fp = runs.run_fingerprint(workdir, config)
     check_workdir_config(workdir, config_fp)
     par = _data_parallel(config)
-    teacher = _load_teacher(config)
-    done = runs.finished_run(workdir, config_fp, teacher_params_fingerprint=teacher.fingerprint)
+    done = runs.finished_run(workdir, config)
     if done is not None:
         logging.info("%s holds this finished run: its final metrics (nothing written)", workdir)
         return done
+    teacher = _load_teacher(config)
     data = _load_data(config)
     if teacher.params is not None:
         runs.check_teacher_classes(config, teacher.params, len(data.class_names))

@@ -119,11 +119,7 @@ def train_or_reuse(config, workdir: pathlib.Path) -> tuple[dict, float, bool]:
     (``runs.finished_run``: its final metrics, checked against its latest checkpoint)."""
     from drd_jax import runs, train
 
-    done = runs.finished_run(
-        workdir,
-        runs.run_fingerprint(workdir, config),
-        teacher_params_fingerprint=runs.teacher_fingerprint(config),
-    )
+    done = runs.finished_run(workdir, config)
     if done is not None:
         logging.info("reusing %s", workdir)
         return done, 0.0, True
