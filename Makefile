@@ -49,7 +49,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 bench: $(STAMP)
-	$(BIN)/python -m experiments.bench_dconv
+	$(BIN)/python -m experiments.benchmarks.bench_dconv
 
 # The GPU benchmark, on your GPU machine. It needs a Python with jax and its CUDA plugin (e.g.
 # `make install JAX_ACCELERATOR=cuda13` and BENCH_PYTHON=.venv/bin/python, or an environment of
@@ -58,12 +58,12 @@ bench: $(STAMP)
 #   make bench-gpu BENCH_PYTHON=.venv/bin/python BENCH_GPU_FLAGS=--output_dir=results/bench_gpu
 # Only for a GPU machine without network access: `make gpu-wheels`, on a machine with network,
 # downloads into .whl/ (gitignored) the wheels of the data stack and the extras it needs (see
-# experiments/gpu_wheels.sh for the list and what it assumes is already installed); copy .whl/
+# experiments/benchmarks/gpu_wheels.sh for the list and what it assumes is already installed); copy .whl/
 # along with the checkout (a job runner that copies ignored paths only when told needs e.g.
 # carry: [".whl"]) and bench-gpu installs them first. E.g., with $OUT a folder that comes back:
 #   set -o pipefail; make bench-gpu BENCH_GPU_FLAGS=--output_dir=$OUT 2>&1 | tee $OUT/bench_gpu.log
 # bench-gpu installs $(BENCH_WHEELS)/*.whl, if any, into $(BENCH_SITE), puts that on PYTHONPATH
-# and runs experiments.bench_gpu (default budget 420 s), which writes bench_gpu.md and
+# and runs experiments.benchmarks.bench_gpu (default budget 420 s), which writes bench_gpu.md and
 # bench_gpu.json to --output_dir (default results/bench_gpu); bench_gpu.md opens with the targets'
 # PASS/FAIL verdicts, and times the D-Conv implementations fast, fast_patches and pallas (pallas:
 # Pallas interpret mode on a CPU). A CPU smoke run of the same command with this checkout's .venv
@@ -77,7 +77,7 @@ BENCH_WHEELS ?= .whl
 BENCH_SITE ?= /tmp/site
 
 gpu-wheels:
-	bash experiments/gpu_wheels.sh .whl
+	bash experiments/benchmarks/gpu_wheels.sh .whl
 
 bench-gpu:
 	set -e; if [ -n "$(BENCH_WHEELS)" ] && ls $(BENCH_WHEELS)/*.whl >/dev/null 2>&1; then \
@@ -85,7 +85,7 @@ bench-gpu:
 			--upgrade --target $(BENCH_SITE) $(BENCH_WHEELS)/*.whl; \
 		export PYTHONPATH=$(BENCH_SITE)$${PYTHONPATH:+:$$PYTHONPATH}; \
 	fi; \
-	PYTHONUNBUFFERED=1 $(BENCH_PYTHON) -m experiments.bench_gpu $(BENCH_GPU_FLAGS)
+	PYTHONUNBUFFERED=1 $(BENCH_PYTHON) -m experiments.benchmarks.bench_gpu $(BENCH_GPU_FLAGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

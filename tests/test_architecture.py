@@ -137,8 +137,8 @@ TRAINERS = (
     "drd_jax.train",
     "experiments.train",
     "experiments.reproduce",
-    "experiments.bench_loop",
-    "experiments.bench_gpu",
+    "experiments.benchmarks.bench_loop",
+    "experiments.benchmarks.bench_gpu",
 )
 
 

@@ -1,4 +1,5 @@
-"""CPU smoke test of ``python -m experiments.bench_gpu`` (tiny shapes) and its time budget."""
+"""CPU smoke test of ``python -m experiments.benchmarks.bench_gpu`` (tiny shapes) and its time
+budget."""
 
 import importlib.util
 import json
@@ -7,7 +8,7 @@ import math
 import pytest
 
 from drd_jax.ops import depth_conv
-from experiments import bench_gpu
+from experiments.benchmarks import bench_gpu
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
@@ -68,7 +69,7 @@ def test_every_section_reports_numbers(smoke):
     assert status == 0
     assert report["exit_status"] == 0
     assert report["header"]["jax"] and report["header"]["backend"] == "cpu"
-    assert "experiments.bench_gpu" in report["header"]["command"]
+    assert "experiments.benchmarks.bench_gpu" in report["header"]["command"]
     sections = report["sections"]
     assert list(sections) == list(bench_gpu.SECTIONS)
     for name in ("dconv", "train_step", "synthetic"):

@@ -1,9 +1,10 @@
-"""experiments.calibrate_synthetic: FIDELITY.md's calibration criteria, on hand-made records."""
+"""experiments.fidelity.calibrate_synthetic: FIDELITY.md's calibration criteria, on hand-made
+records."""
 
 import numpy as np
 import pytest
 
-from experiments import calibrate_synthetic as cal
+from experiments.fidelity import calibrate_synthetic as cal
 
 CLASSES = ("wall", "floor", "box", "ball", "pole", "cone")
 

@@ -1,4 +1,5 @@
-"""experiments.depth_weight_stats: mean off-centre depth weight per stage, against brute force."""
+"""experiments.fidelity.depth_weight_stats: mean off-centre depth weight per stage, against brute
+force."""
 
 import math
 import pathlib
@@ -8,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from experiments import depth_weight_stats as stats
+from experiments.fidelity import depth_weight_stats as stats
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -85,7 +86,7 @@ def test_entry_point_errors_name_the_argument(tmp_path):
         (["--nyuv2_frame", f"--depth_file={good}", "--resize=12"], "--resize"),
     ):
         proc = subprocess.run(
-            [sys.executable, "-m", "experiments.depth_weight_stats", *args],
+            [sys.executable, "-m", "experiments.fidelity.depth_weight_stats", *args],
             cwd=REPO_ROOT,
             capture_output=True,
             text=True,

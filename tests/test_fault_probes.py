@@ -1,13 +1,13 @@
-"""The quick fault probes (``experiments.fault_probes --quick``): one of each kind of fault given
-to the command-line tools (unusable workdir, bad config value, damaged checkpoint, damaged data,
-an export overwriting a run, an edited export card, bad builder and reproduce flags) is refused
-in one line, and destroys nothing."""
+"""The quick fault probes (``experiments.tools.fault_probes --quick``): one of each kind of fault
+given to the command-line tools (unusable workdir, bad config value, damaged checkpoint, damaged
+data, an export overwriting a run, an edited export card, bad builder and reproduce flags) is
+refused in one line, and destroys nothing."""
 
 import pathlib
 
 import pytest
 
-from experiments import fault_probes
+from experiments.tools import fault_probes
 
 
 @pytest.fixture(scope="module")

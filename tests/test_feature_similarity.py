@@ -1,9 +1,9 @@
-"""experiments.feature_similarity.linear_cka: the similarity measure itself."""
+"""experiments.fidelity.feature_similarity.linear_cka: the similarity measure itself."""
 
 import numpy as np
 import pytest
 
-from experiments.feature_similarity import linear_cka
+from experiments.fidelity.feature_similarity import linear_cka
 
 
 def test_linear_cka_ignores_rotation_scale_and_offset_but_not_content():

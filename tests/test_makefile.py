@@ -53,7 +53,7 @@ def test_bench_gpu_installs_the_carried_wheels_then_runs_the_benchmark():
     )
     assert f'if [ -n ".whl" ] && ls .whl/*.whl >/dev/null 2>&1; then {install};' in dry_run
     assert "export PYTHONPATH=/tmp/site" in dry_run
-    assert dry_run.endswith("python3 -m experiments.bench_gpu")
+    assert dry_run.endswith("python3 -m experiments.benchmarks.bench_gpu")
     assert "venv" not in dry_run  # the GPU machine has no .venv: no install step
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^bench-gpu:\s*$", makefile, re.M)  # no prerequisite (e.g. the venv stamp)
@@ -64,7 +64,7 @@ def test_bench_gpu_installs_the_carried_wheels_then_runs_the_benchmark():
         ).split()
     )
     assert "py3 -m pip install" in custom
-    assert custom.endswith("py3 -m experiments.bench_gpu --output_dir=/o --batch=2")
+    assert custom.endswith("py3 -m experiments.benchmarks.bench_gpu --output_dir=/o --batch=2")
 
 
 def _script_packages(script: str) -> list[str]:
@@ -77,9 +77,9 @@ def _script_packages(script: str) -> list[str]:
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="no make")
 def test_gpu_wheels_downloads_pinned_cp312_wheels_into_the_ignored_whl_dir():
-    assert "bash experiments/gpu_wheels.sh .whl" in _dry_run("gpu-wheels")
+    assert "bash experiments/benchmarks/gpu_wheels.sh .whl" in _dry_run("gpu-wheels")
     assert "/.whl/" in (ROOT / ".gitignore").read_text().splitlines()
-    script = (ROOT / "experiments" / "gpu_wheels.sh").read_text()
+    script = (ROOT / "experiments" / "benchmarks" / "gpu_wheels.sh").read_text()
     flags = (
         "--no-deps --only-binary=:all: --python-version 3.12 --implementation cp --platform "
         "manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 "

@@ -294,7 +294,7 @@ def test_the_kd_table_trains_the_methods_on_the_same_teacher(table1, data_dir):
 
 
 def test_student_variants_retrain_sn_exactly_and_change_only_what_is_asked(table1):
-    from experiments import student_variants
+    from experiments.fidelity import student_variants
 
     workdir, summary = table1
     sn = next(e for e in summary["tables"]["1"] if e["row"] == "SN")
@@ -329,7 +329,7 @@ def test_student_variants_retrain_sn_exactly_and_change_only_what_is_asked(table
 
 
 def test_feature_similarity_compares_every_conv_layer_with_the_teacher(table1):
-    from experiments import feature_similarity
+    from experiments.fidelity import feature_similarity
 
     workdir, _ = table1
     result = feature_similarity.layer_similarity(workdir, num_images=2, max_positions=64)

@@ -1,4 +1,5 @@
-"""experiments.roofline_dconv: the analytic FLOP/byte models, the HLO walker and the quick mode."""
+"""experiments.benchmarks.roofline_dconv: the analytic FLOP/byte models, the HLO walker and the
+quick mode."""
 
 import json
 
@@ -6,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from experiments import roofline_dconv as rf
+from experiments.benchmarks import roofline_dconv as rf
 
 # 1 image of 4×4, 2 → 3 channels, 3×3, dilation 1: P = 16 output pixels, K = 9 taps.
 SMALL = rf.Layer("small", 1, 1, 4, 4, 2, 3, 3, 1)

@@ -1,6 +1,6 @@
-"""experiments/soak_resume.py: its pieces, and one short soak end to end (a teacher and a student
-run, each killed once with SIGKILL, their checkpoints damaged, and restarted; about a minute on 2
-CPU cores)."""
+"""experiments/tools/soak_resume.py: its pieces, and one short soak end to end (a teacher and a
+student run, each killed once with SIGKILL, their checkpoints damaged, and restarted; about a
+minute on 2 CPU cores)."""
 
 import json
 import pathlib
@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from experiments import soak_resume
+from experiments.tools import soak_resume
 
 
 def schedule(run: int, seed: int = 0):

@@ -1,10 +1,10 @@
-"""``experiments.worktrees``: checkouts of revisions for side-by-side benchmarks."""
+"""``experiments.tools.worktrees``: checkouts of revisions for side-by-side benchmarks."""
 
 import shutil
 
 import pytest
 
-from experiments import worktrees
+from experiments.tools import worktrees
 
 pytestmark = pytest.mark.skipif(
     shutil.which("git") is None or not (worktrees.REPO_ROOT / ".git").exists(),

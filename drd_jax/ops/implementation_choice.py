@@ -10,9 +10,9 @@ GPU and TPU entries are ``'fast'``, "not measured yet". The CPU entry is ``'fast
 by the CPU benchmark in BENCHMARKS.md (``fast`` within 0.56–1.30× of XLA's plain conv, fwd+bwd,
 at every depth-aware layer of DeepLab-VGG16; the Pallas kernels only run in interpret mode on a
 CPU, so they are not contenders there). To change an entry, run ``make bench-gpu`` (or
-``python -m experiments.bench_gpu``) on that platform, read the ``dconv`` and ``train_step``
-sections' per-implementation verdicts, and record the winner with the run's device, date and
-report here.
+``python -m experiments.benchmarks.bench_gpu``) on that platform, read the ``dconv`` and
+``train_step`` sections' per-implementation verdicts, and record the winner with the run's device,
+date and report here.
 
 This module imports nothing from :mod:`drd_jax.ops.depth_conv`, which resolves ``'auto'``
 through :func:`choose_implementation`.

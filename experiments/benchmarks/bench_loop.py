@@ -1,6 +1,6 @@
 r"""Training-loop throughput (steps/s) on forced host devices, jit and pmap, across revisions.
 
-    python -m experiments.bench_loop --revisions=51e5add,HEAD --repeats=3
+    python -m experiments.benchmarks.bench_loop --revisions=51e5add,HEAD --repeats=3
 
 Each measurement trains ``synthetic.py:tiny`` (baseline, the tiny data, 1/16 width, 32×32
 crops, batch 4) for ``--short`` and for ``--long`` steps in fresh workdirs and divides the extra
@@ -25,7 +25,7 @@ import time
 
 from absl import app, flags
 
-from experiments import worktrees
+from experiments.tools import worktrees
 
 _REVISIONS = flags.DEFINE_list("revisions", [], "git revisions to compare ([] = this code).")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Measurements per revision and parallel kind.")

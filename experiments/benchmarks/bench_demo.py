@@ -1,7 +1,7 @@
 r"""Time ``make demo`` from a fresh clone, phase by phase (install, data, each run, figures).
 
-    python -m experiments.bench_demo                  # clones HEAD into a temporary directory
-    python -m experiments.bench_demo --keep=/tmp/demo_clone
+    python -m experiments.benchmarks.bench_demo                  # clones HEAD into a temporary
+    directory python -m experiments.benchmarks.bench_demo --keep=/tmp/demo_clone
 
 Runs ``make install`` then ``make demo`` in a clean ``git clone`` of this repository's HEAD (so
 nothing installed here is reused: a new ``.venv`` from ``requirements.txt``), and prints a Markdown
@@ -24,7 +24,7 @@ from absl import app, flags
 _KEEP = flags.DEFINE_string("keep", None, "Clone here and keep it (default: a temporary dir).")
 _PYTHON = flags.DEFINE_string("python", "python3.11", "Interpreter that creates the .venv.")
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _timed(cmd: list[str], cwd: pathlib.Path) -> float:

@@ -23,9 +23,10 @@ with no such pair prints '–'. ``--padded_taps`` averages every tap instead, pa
 convention of the target table, FIDELITY.md section 1: it lifts fc6 of a 480×640 frame from 0.27 to
 0.45, and makes fc6 of a 120×160 map, whose dilation-12 taps mostly fall outside it, meaningless).
 
-    python -m experiments.depth_weight_stats --nyuv2_frame                      # the real frame
-    python -m experiments.depth_weight_stats --nyuv2_frame --resize=120x160     # downsized
-    python -m experiments.depth_weight_stats --dataset=synthetic_rgbd/default --data_dir=/tmp/d
+    python -m experiments.fidelity.depth_weight_stats --nyuv2_frame                      # the real
+    frame python -m experiments.fidelity.depth_weight_stats --nyuv2_frame --resize=120x160     #
+    downsized python -m experiments.fidelity.depth_weight_stats --dataset=synthetic_rgbd/default
+    --data_dir=/tmp/d
 
 ``--nyuv2_frame`` reads ``../shared/data/nyuv2_sample/NYUDepthv2/Depth/0.npy`` (or the file given
 with ``--depth_file``: a float ``.npy`` in metres). ``--dataset`` averages over the first
@@ -52,7 +53,7 @@ STAGES = (  # (name, pooling steps before it, dilation)
     ("fc6", 3, 12),
 )
 DEFAULT_FRAME = (
-    pathlib.Path(__file__).resolve().parents[1].parent
+    pathlib.Path(__file__).resolve().parents[2].parent
     / "shared"
     / "data"
     / "nyuv2_sample"

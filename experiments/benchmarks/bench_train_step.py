@@ -1,7 +1,8 @@
 r"""Benchmark: one jitted training step of the teacher (D-Conv everywhere) against the student.
 
-    python -m experiments.bench_train_step                        # full width, 240×320, batch 2
-    python -m experiments.bench_train_step --width=0.25 --height=96 --width_px=128 --batch=8
+    python -m experiments.benchmarks.bench_train_step                        # full width, 240×320,
+    batch 2 python -m experiments.benchmarks.bench_train_step --width=0.25 --height=96
+    --width_px=128 --batch=8
 
 Both steps are ``drd_jax.steps.train_step`` (SGD, momentum, weight decay: the paper's optimiser)
 on the same random batch, jitted with the state donated, as ``train_and_evaluate`` runs them:
@@ -16,8 +17,8 @@ Reports the compile time of each step (``lower`` + ``compile``, wall) and the me
 over ``--repeats`` runs after ``--warmup`` runs, timed round-robin (one step of each program per
 round) so that load from other processes affects them alike. Ratios are to the student.
 The building blocks (:func:`make_config`, :func:`compile_step`, :func:`time_steps`,
-:func:`step_rows`, :func:`format_step_table`) take explicit arguments; ``experiments.bench_gpu``
-uses them too.
+:func:`step_rows`, :func:`format_step_table`) take explicit arguments;
+``experiments.benchmarks.bench_gpu`` uses them too.
 Not a test: numbers depend on the machine.
 """
 

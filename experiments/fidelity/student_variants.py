@@ -1,6 +1,7 @@
 r"""More students on the teachers of finished ``experiments.reproduce`` runs: what moves SN.
 
-    python -m experiments.student_variants /tmp/demo/seed0 /tmp/demo/seed1 /tmp/demo/seed2 \
+    python -m experiments.fidelity.student_variants /tmp/demo/seed0 /tmp/demo/seed1 /tmp/demo/seed2
+    \
         --variant='VTCE at T = 1:beta=0.0' \
         --variant='VTCE × 0.1:vtce_weight=0.1' \
         --variant='pixel KD instead of VTCE:vtce_weight=0.0;pixel_kd_weight=10.0'
@@ -35,7 +36,7 @@ REFERENCE_RUNS = (("bl", "BL"), ("bl_ps", "BL+PS"), ("bl_vtce", "BL+VTCE"), ("sn
 
 def parse_variant(text: str) -> tuple[str, dict]:
     """``'label:beta=0.0;vtce_weight=0.5'`` -> ``('label', {'beta': 0.0, 'vtce_weight': 0.5})``."""
-    from experiments.calibrate_synthetic import parse_overrides
+    from experiments.fidelity.calibrate_synthetic import parse_overrides
 
     label, sep, body = text.partition(":")
     items = [item.strip() for item in body.split(";") if item.strip()]
@@ -56,7 +57,7 @@ def student_config(
     results: dict, workdir: pathlib.Path, overrides: dict, *, scratch: bool = False
 ) -> ml_collections.ConfigDict:
     """The workdir's SN config (its base config, PS from ``runs/tn``) with ``overrides``."""
-    from experiments.calibrate_synthetic import apply_overrides
+    from experiments.fidelity.calibrate_synthetic import apply_overrides
 
     config = ml_collections.ConfigDict(results["config"])
     config.mode = "student"

@@ -1,7 +1,8 @@
 """Benchmark: plain conv vs depth-aware conv (fast and reference), time and compiled memory.
 
-Run ``python -m experiments.bench_dconv [--repeats 10] [--shapes conv1,fc6] [--dtype float32]``,
-or ``python -m experiments.bench_dconv --shapes vgg240`` for every distinct depth-aware conv shape
+Run ``python -m experiments.benchmarks.bench_dconv [--repeats 10] [--shapes conv1,fc6]
+[--dtype float32]``, or ``python -m experiments.benchmarks.bench_dconv --shapes vgg240`` for
+every distinct depth-aware conv shape
 of full-width DeepLab-VGG16 on a batch of two 240×320 images (one table row per shape,
 with PASS/FAIL against fwd+bwd time ≤ 1.5× and peak memory ≤ 2× the plain conv; only ``fast`` is
 compared unless ``--implementations`` says otherwise).

@@ -1,6 +1,6 @@
 """Benchmark: training input pipeline throughput (examples/s) on this machine.
 
-Run ``python -m experiments.bench_input [--data_dir D] [--crop 240 320] [--batch_size 8]
+Run ``python -m experiments.benchmarks.bench_input [--data_dir D] [--crop 240 320] [--batch_size 8]
 [--num_workers 0] [--num_threads 2] [--warmup 5] [--steps 40]``.
 
 Without ``--data_dir`` the synthetic ``default`` set (120x160) is built into a temporary folder

@@ -1,14 +1,16 @@
 r"""Judge ``synthetic_rgbd`` variants by FIDELITY.md's calibration criteria (no student involved).
 
-    python -m experiments.calibrate_synthetic --workdir=/tmp/calib --variants=default,calib_a
-    python -m experiments.calibrate_synthetic --workdir=/tmp/calib --variants=calib_c \
+    python -m experiments.fidelity.calibrate_synthetic --workdir=/tmp/calib
+    --variants=default,calib_a python -m experiments.fidelity.calibrate_synthetic
+    --workdir=/tmp/calib --variants=calib_c \
         --steps=1920 --budget=long --modes=baseline      # the long-budget criterion
-    python -m experiments.calibrate_synthetic --workdir=/tmp/calib --variants=calib_e \
+    python -m experiments.fidelity.calibrate_synthetic --workdir=/tmp/calib --variants=calib_e \
         --steps=450 --set='crop_size=(64, 80)' --modes=baseline   # another demo shape
 
 For each variant (a config of ``tfds_builders.synthetic_rgbd``): build it, print the mean
-off-centre depth weight H per stage (``experiments.depth_weight_stats``), train the RGB baseline
-(BL) and the depth-aware teacher (TN) with the ``synthetic.py:demo`` settings for ``--steps``
+off-centre depth weight H per stage (``experiments.fidelity.depth_weight_stats``), train the RGB
+baseline (BL) and the depth-aware teacher (TN) with the ``synthetic.py:demo`` settings for
+``--steps``
 (default: the demo's), and check, without ever looking at a student:
 
 * **RGB is informative**: BL's IoU ≥ 5 on every class at the demo budget; ≥ 30 on every object
@@ -37,7 +39,7 @@ from absl import app, flags
 FLAGS = flags.FLAGS
 
 # Mean off-centre H per stage of the real NYUv2 frame #1 at 480×640, in-image pairs
-# (python -m experiments.depth_weight_stats --nyuv2_frame).
+# (python -m experiments.fidelity.depth_weight_stats --nyuv2_frame).
 REAL_FRAME_H = {
     "conv1": 0.95,
     "conv2": 0.91,
@@ -186,7 +188,7 @@ def dataset_colour_lookup_iou(
 def judge(
     variant: str, workdir: pathlib.Path, *, steps, budget, modes, seed, data_dir, overrides=None
 ) -> dict:
-    from experiments import depth_weight_stats
+    from experiments.fidelity import depth_weight_stats
     from experiments.reproduce import train_or_reuse
 
     dataset = f"synthetic_rgbd/{variant}"

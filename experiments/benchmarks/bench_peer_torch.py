@@ -1,6 +1,6 @@
 """Benchmark: our fast D-Conv against a PyTorch peer written like the Depth-aware CNN CPU ports.
 
-Run ``python -m experiments.bench_peer_torch [--repeats 5]``. Needs PyTorch, an optional
+Run ``python -m experiments.benchmarks.bench_peer_torch [--repeats 5]``. Needs PyTorch, an optional
 benchmark-only dependency (``pip install torch==2.13.0``); without it the script says so and exits
 with status 0.
 
@@ -11,16 +11,17 @@ The peer computes the same D-Conv the way the PyTorch ports of Depth-aware CNN d
 (broadcast over Cin), one matmul with the weight ``(Cout, Cin·k²)``. Zero-padded neighbours add
 nothing because the unfolded features are 0 there; the benchmark depth is valid everywhere, so the
 spec's ``H = 1`` for invalid pairs never matters. Ours is the jitted ``depth_aware_conv`` (``fast``)
-program of ``experiments.bench_dconv``. Both do forward + backward of ``sum(y · cotangent)`` w.r.t.
-the features and the weight, keep the loss value, and include computing ``H`` from the depth map.
+program of ``experiments.benchmarks.bench_dconv``. Both do forward + backward of
+``sum(y · cotangent)`` w.r.t. the features and the weight, keep the loss value, and include
+computing ``H`` from the depth map.
 
 For every distinct depth-aware conv shape of full-width DeepLab-VGG16 at 240×320, batch 2
 (``bench_dconv.VGG240_LAYERS``), the two are timed round-robin in one process (one run of each
 per round, median of ``--repeats`` after a warm-up), torch with as many threads as CPU cores.
 Before timing, both are checked to compute the same numbers on a small shape (float32).
 The functions take a torch ``device`` (``--device``, default ``cpu``; on ``cuda`` every peer
-run ends with ``torch.cuda.synchronize()``); ``experiments.bench_gpu`` runs them on the GPU.
-Not a test: numbers depend on the machine.
+run ends with ``torch.cuda.synchronize()``); ``experiments.benchmarks.bench_gpu`` runs them on the
+GPU. Not a test: numbers depend on the machine.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ import time
 import jax
 import numpy as np
 
-from experiments import bench_dconv
-from experiments.bench_dconv import VGG240_LAYERS, distinct_shapes
+from experiments.benchmarks import bench_dconv
+from experiments.benchmarks.bench_dconv import VGG240_LAYERS, distinct_shapes
 
 ALPHA = 8.3  # drd_jax.ops.DEFAULT_ALPHA (docs/method.md, D-Conv)
 TORCH_HINT = "torch not installed; pip install torch==2.13.0 to run this benchmark"

@@ -13,8 +13,8 @@ different amount per frame, so PNG / zlib sizes match real data; otherwise smoot
 frames. The real ``splits.mat`` and class maps are used when present (restricted to the first
 ``--frames`` frames); otherwise synthetic ones are written.
 
-    python -m experiments.bench_nyuv2_build_memory --frames 400
-    python -m experiments.bench_nyuv2_build_memory            # all 1449 frames
+    python -m experiments.benchmarks.bench_nyuv2_build_memory --frames 400
+    python -m experiments.benchmarks.bench_nyuv2_build_memory            # all 1449 frames
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import PIL.Image
 from tfds_builders.nyuv2 import nyuv2_dataset_builder as nyu
 from tfds_builders.nyuv2 import testing
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 SHARED = pathlib.Path(os.environ.get("DRD_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 HEIGHT, WIDTH = 480, 640
 

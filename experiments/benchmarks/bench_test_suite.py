@@ -1,7 +1,8 @@
 r"""Times the whole test suite of several git revisions side by side (interleaved, one venv).
 
-    python -m experiments.bench_test_suite --revisions=6b47daa,HEAD --repeats=1
-    python -m experiments.bench_test_suite --revisions=HEAD --workers=0,2   # pytest-xdist -n
+    python -m experiments.benchmarks.bench_test_suite --revisions=6b47daa,HEAD --repeats=1
+    python -m experiments.benchmarks.bench_test_suite --revisions=HEAD --workers=0,2   #
+    pytest-xdist -n
 
 Each revision is checked out in a temporary ``git worktree`` and its suite run with this
 interpreter (``python -m pytest -q``), ``PYTHONPATH`` set to that checkout, and the shared test
@@ -25,7 +26,7 @@ import time
 
 from absl import app, flags
 
-from experiments import worktrees
+from experiments.tools import worktrees
 
 _REVISIONS = flags.DEFINE_list("revisions", ["HEAD~1", "HEAD"], "git revisions to compare.")
 _REPEATS = flags.DEFINE_integer("repeats", 1, "Runs of each revision's suite.")

@@ -1,6 +1,6 @@
 """Benchmark: what verifying every record of NYUv2 and SUN RGB-D before step 0 costs.
 
-Run ``python -m experiments.bench_verify_data [--records 240] [--shards 2] [--repeats 5]
+Run ``python -m experiments.benchmarks.bench_verify_data [--records 240] [--shards 2] [--repeats 5]
 [--decode 24] [--workdir D] [--shared_data ../shared/data]``.
 
 The full datasets are not needed (nor present here): the script writes ``--records`` records of
@@ -49,7 +49,7 @@ FULL_RECORDS = {"nyuv2": 1449, "sunrgbd": 10335}  # train + test
 
 
 def _shared_data(path: str | None) -> pathlib.Path:
-    root = pathlib.Path(__file__).resolve().parents[1]
+    root = pathlib.Path(__file__).resolve().parents[2]
     path = pathlib.Path(
         path or os.environ.get("DRD_SHARED_DATA") or root.parent / "shared" / "data"
     )

@@ -1,6 +1,7 @@
 r"""Which layers carry the teacher into the RGB student: feature similarity to TN, layer by layer.
 
-    python -m experiments.feature_similarity /tmp/demo/seed0 /tmp/demo/seed1 --num_images=20
+    python -m experiments.fidelity.feature_similarity /tmp/demo/seed0 /tmp/demo/seed1
+    --num_images=20
 
 For a reproduce workdir (Table 1 and 3 runs in ``runs/``), every conv layer's output (before its
 ReLU) on the first ``--num_images`` test images is compared with the same layer of the teacher

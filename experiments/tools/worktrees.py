@@ -10,7 +10,7 @@ from collections.abc import Iterator, Mapping, Sequence
 
 __all__ = ["REPO_ROOT", "checkouts", "resolve"]
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _git(*args: str) -> str:

@@ -1,7 +1,8 @@
 """Roofline, on paper, of every depth-aware conv (D-Conv) implementation against XLA's conv.
 
-Run ``python -m experiments.roofline_dconv --output_dir /tmp/roofline`` (a few minutes on a 2-core
-CPU: it compiles every implementation at the real shapes) or ``--quick`` (tiny shapes, seconds).
+Run ``python -m experiments.benchmarks.roofline_dconv --output_dir /tmp/roofline`` (a few minutes
+on a 2-core CPU: it compiles every implementation at the real shapes) or ``--quick`` (tiny shapes,
+seconds).
 
 Layers: every distinct D-Conv shape of full-width DeepLab-VGG16 (``depth_aware_layers='all'``) on
 a batch of 8 images of 480×640, read off the model (``bench_dconv.model_layer_shapes``), bfloat16
@@ -134,7 +135,7 @@ class Cost:
 
 def vgg_layers(batch: int, height: int, width: int, network_width: float = 1.0) -> list[Layer]:
     """Distinct D-Conv shapes of DeepLab-VGG16, read off the model, in network order."""
-    from experiments.bench_dconv import distinct_shapes, model_layer_shapes
+    from experiments.benchmarks.bench_dconv import distinct_shapes, model_layer_shapes
 
     shapes = model_layer_shapes(batch, height, width, network_width)
     return [Layer(label, count, *shape) for label, shape, count in distinct_shapes(shapes)]
@@ -900,7 +901,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     result = {
         "setup": {
-            "command": "python -m experiments.roofline_dconv "
+            "command": "python -m experiments.benchmarks.roofline_dconv "
             + " ".join(sys.argv[1:] if argv is None else argv),
             "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
             "jax": jax.__version__,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Downloads into DEST (default .whl/) the wheels of the Python packages that a GPU machine without
-# network access may lack and `python -m experiments.bench_gpu` needs at run time (`make
+# network access may lack and `python -m experiments.benchmarks.bench_gpu` needs at run time (`make
 # gpu-wheels`; the Makefile's `bench-gpu` installs them there). The list assumes a machine with
 # Python 3.12 (x86-64) with jax 0.11.2 + CUDA, flax, optax, orbax-checkpoint, chex, absl-py,
 # etils, tensorstore, numpy, pillow, matplotlib, pyyaml, requests, tqdm, psutil, pyarrow, wrapt,

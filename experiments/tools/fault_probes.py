@@ -1,8 +1,8 @@
 r"""Fault probes: bad input, damaged files and unusable directories given to the command-line
 tools, each checked for a clean refusal that destroys nothing.
 
-    python -m experiments.fault_probes --workdir=/tmp/probes            # every probe
-    python -m experiments.fault_probes --workdir=/tmp/probes --quick    # the make-test subset
+    python -m experiments.tools.fault_probes --workdir=/tmp/probes            # every probe
+    python -m experiments.tools.fault_probes --workdir=/tmp/probes --quick    # the make-test subset
 
 First the probes' common files are made in ``--workdir``: the ``synthetic_rgbd/tiny`` data (or
 ``--data_dir``, read only), a finished tiny baseline run (``run/``) and an export of it
@@ -37,7 +37,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 CONFIG = f"--config={REPO_ROOT / 'experiments' / 'configs' / 'synthetic.py'}:tiny"
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1")
 TIMEOUT_S = 300

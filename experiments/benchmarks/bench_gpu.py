@@ -1,8 +1,9 @@
 r"""The GPU benchmark: one command, a time budget, Markdown and JSON reports.
 
-    python -m experiments.bench_gpu                     # on one GPU: the defaults, ~7 minutes
-    make bench-gpu BENCH_GPU_FLAGS=--output_dir=$OUT    # on the lent GPU machine (see Makefile)
-    python -m experiments.bench_gpu --batch=2 --height=32 --width_px=32 --network_width=0.0625 \
+    python -m experiments.benchmarks.bench_gpu                     # on one GPU: the defaults, ~7
+    minutes make bench-gpu BENCH_GPU_FLAGS=--output_dir=$OUT    # on the lent GPU machine (see
+    Makefile) python -m experiments.benchmarks.bench_gpu --batch=2 --height=32 --width_px=32
+    --network_width=0.0625 \
         --repeats=1 --synthetic_config=tiny --synthetic_steps=5     # a CPU smoke run
 
 Sections (``--sections``; each catches its own exception and records it, type and message, and
@@ -97,7 +98,7 @@ import numpy as np
 
 from drd_jax import state as state_lib
 from drd_jax.files import atomic_write_text
-from experiments import bench_dconv, bench_peer_torch, bench_train_step
+from experiments.benchmarks import bench_dconv, bench_peer_torch, bench_train_step
 
 SECTIONS = ("dconv", "train_step", "peer", "synthetic")
 TITLES = {
@@ -156,7 +157,9 @@ PACKAGES = (
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """The command's flags (see the module docstring); ``--sections``/``--dtypes`` become lists."""
-    p = argparse.ArgumentParser(prog="python -m experiments.bench_gpu", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.benchmarks.bench_gpu", description=__doc__
+    )
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--batch", type=int, default=8, help="images per batch")
     p.add_argument("--height", type=int, default=480, help="image height (pixels)")
@@ -303,7 +306,7 @@ def header(argv: list[str], args: argparse.Namespace) -> dict:
     """Versions, backend, device and the exact command line of this run."""
     device = jax.devices()[0]
     return {
-        "command": shlex.join([sys.executable, "-m", "experiments.bench_gpu", *argv]),
+        "command": shlex.join([sys.executable, "-m", "experiments.benchmarks.bench_gpu", *argv]),
         "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "jax": jax.__version__,

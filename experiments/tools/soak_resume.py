@@ -2,7 +2,8 @@ r"""Soak test of resume: real training processes killed with SIGKILL at random m
 checkpoints damaged (bytes flipped) between starts, each run restarted until it finishes, and
 whether every run ends at the uninterrupted run's params or refuses cleanly.
 
-    python -m experiments.soak_resume --runs=20 --seed=0 --workdir=/tmp/soak --max_kills=3 --flips=2
+    python -m experiments.tools.soak_resume --runs=20 --seed=0 --workdir=/tmp/soak --max_kills=3
+    --flips=2
 
 For each mode of ``--modes`` (default ``teacher,student``):
 
@@ -75,7 +76,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = "experiments/configs/synthetic.py:tiny"
 MODES = ("teacher", "student")
 FINAL = "final_metrics.json"
@@ -551,7 +552,7 @@ def markdown(results: list[RunResult], references: dict[str, float], wall: float
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m experiments.soak_resume",
+        prog="python -m experiments.tools.soak_resume",
         description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
