@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 .PHONY: install demo test lint format bench bench-gpu gpu-wheels clean
 
 # GPU or TPU: `make install JAX_ACCELERATOR=cuda13` (or cuda12, tpu) adds jax's accelerator
-# plugin at the pinned jax version (README, "Install", "On a GPU or TPU").
+# plugin at the pinned jax version (docs/install.md, "On a GPU or TPU").
 JAX_ACCELERATOR ?=
 JAX_VERSION := $(shell sed -n 's/^jax==//p' requirements.txt)
 
