@@ -11,7 +11,7 @@ A run's ``workdir`` holds::
 
 Typical use in a training loop::
 
-    fp = config_fingerprint(config.to_dict(), ignore=("workdir",))
+    fp = drd_jax.config.fingerprint(config)  # or any string naming the config
     ckpt = Checkpointer(workdir, config_fingerprint=fp, config=config.to_dict(),
                         save_interval_steps=1000)
     if ckpt.latest_step() is not None:
@@ -64,12 +64,12 @@ Guarantees and decisions:
   once, naming the checkpoint directory, the space free there and the space the checkpoints
   need; orbax's own tracebacks of it are not logged. A rerun resumes from the newest complete
   checkpoint (the half-written one is an orbax tmp directory, cleaned up on open).
-* **Quiet orbax.** From the first ``Checkpointer`` of a process on, orbax's INFO lines (several
-  per save, with option dumps) and its ``Requested `tracked_metric`; did not provide metrics``
-  warning on saves without metrics (by design here: see "Which checkpoints are kept") are not
-  logged; absl ``--verbosity=1`` (``absl.logging.set_verbosity(1)``) shows them all again.
-  Orbax's warnings and errors stay, except its tracebacks of a full disk and TensorStore's
-  ``RuntimeError: Event loop is closed`` after a failed save (see :func:`_quiet_orbax`).
+* **No process-wide side effects.** Importing this module or building a ``Checkpointer`` changes
+  no logger, hook or warnings filter. Orbax logs INFO lines on every save (with option dumps), a
+  ``Requested `tracked_metric`; did not provide metrics`` warning on saves without metrics (by
+  design here: see "Which checkpoints are kept"), and after a failed save or restore its
+  abandoned reads and writes print their own errors; the command-line tools silence those
+  (``experiments.quiet_orbax``), a program of your own may do the same (:func:`io_failed`).
 * A non-finite ``best_metric`` value (NaN/inf) does not raise: that checkpoint is saved without
   metrics (it cannot become "best") and a warning is logged. Other non-finite metric values are
   stored as JSON ``null``.
@@ -85,10 +85,8 @@ import math
 import os
 import pathlib
 import shutil
-import sys
 import threading
-import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
@@ -96,7 +94,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 
+from drd_jax.errors import CheckpointError, MissingFileError
 from drd_jax.files import atomic_write_text, disk_full_error, format_bytes, is_disk_full
+from drd_jax.json_values import to_json_value
 from drd_jax.parallel import sync_processes
 
 __all__ = [
@@ -104,7 +104,7 @@ __all__ = [
     "Checkpointer",
     "UnreadableCheckpointError",
     "check_workdir_config",
-    "config_fingerprint",
+    "io_failed",
     "recorded_fingerprint",
     "state_digest",
 ]
@@ -116,7 +116,7 @@ _STATE = "state"
 _META = "meta"
 
 
-class UnreadableCheckpointError(ValueError):
+class UnreadableCheckpointError(CheckpointError):
     """A checkpoint cannot be read back (damaged, incomplete, or of another state's shape).
 
     The message is one line naming the checkpoint's directory and what to do; ``path`` is that
@@ -138,140 +138,26 @@ def _reason(error: BaseException, limit: int = 240) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-# -- orbax's log ----------------------------------------------------------------------------------
-
-_TRACKED_METRIC_WARNING = "Requested `tracked_metric`"
-
-
-def _from_orbax(record: logging.LogRecord) -> bool:
-    return f"{os.sep}orbax{os.sep}" in str(record.pathname)
-
-
-class _QuietOrbax(logging.Filter):
-    """Drops orbax's INFO/DEBUG records, its per-save ``tracked_metric`` warning and its
-    tracebacks of a full disk (:class:`~drd_jax.files.DiskFullError` says it once), unless absl's
-    verbosity is 1 or more. Installed on absl's logger, which orbax logs through."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if absl_logging.get_verbosity() >= 1 or not _from_orbax(record):
-            return True
-        if record.levelno < logging.WARNING:
-            return False
-        if str(record.msg).startswith(_TRACKED_METRIC_WARNING):
-            return False
-        error = record.exc_info[1] if record.exc_info else None
-        return not (error is not None and is_disk_full(error))
-
-
-def _is_closed_loop(error: BaseException | None) -> bool:
-    return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
-
+# -- failed reads and writes ---------------------------------------------------------------------
 
 _failed_io = threading.Event()  # set once a save or restore of this process has failed
 
 
 def _io_failed() -> None:
-    """Marks a failed save or restore: from now on the errors of its abandoned orbax coroutines
-    are not printed (see :func:`_quiet_unraisable`), nor Python's "coroutine ... was never
-    awaited" warnings of them (unless absl's verbosity is 1 or more)."""
+    """Marks a failed save or restore (see :func:`io_failed`)."""
     _failed_io.set()
-    if absl_logging.get_verbosity() < 1:
-        warnings.filterwarnings(
-            "ignore", message=r"coroutine '.*' was never awaited", category=RuntimeWarning
-        )
 
 
-def _orbax_coroutine(obj: Any) -> bool:
-    code = getattr(obj, "cr_code", None)
-    return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+def io_failed() -> bool:
+    """Whether a save or restore of this process has failed.
 
-
-def _quiet_unraisable(previous):
-    """``sys.unraisablehook`` without :func:`_is_closed_loop` errors, nor, after a failed save or
-    restore, the errors of its abandoned orbax coroutines (one traceback per array, with a full
-    TensorStore spec: thousands of lines) or of anything collected while Python shuts down."""
-
-    def hook(unraisable) -> None:
-        if _is_closed_loop(unraisable.exc_value):
-            return
-        if _failed_io.is_set() and absl_logging.get_verbosity() < 1:
-            if _orbax_coroutine(unraisable.object) or sys.is_finalizing():
-                return
-        previous(unraisable)
-
-    return hook
-
-
-class _QuietAsyncio(logging.Filter):
-    """After a failed save or restore, drops asyncio's "Future/Task exception was never
-    retrieved" of its abandoned reads and writes (one per array of the state, each with a
-    traceback and TensorStore spec: hundreds of lines after the one-line error that says it
-    all), and any record of a full disk."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not _failed_io.is_set() or absl_logging.get_verbosity() >= 1:
-            return True
-        if "exception was never retrieved" in str(record.msg):
-            return False
-        error = record.exc_info[1] if record.exc_info else None
-        return not (error is not None and is_disk_full(error))
-
-
-def _quiet_excepthook(previous):
-    """``sys.excepthook`` without :func:`_is_closed_loop` errors (TensorStore prints them)."""
-
-    def hook(kind, value, tb) -> None:
-        if not _is_closed_loop(value):
-            previous(kind, value, tb)
-
-    return hook
-
-
-_quiet_installed = False
-_quiet_lock = threading.Lock()
-
-
-def _quiet_orbax() -> None:
-    """Installs, once per process (from the first ``Checkpointer`` on, as orbax's background
-    threads may log after one is closed):
-
-    * :class:`_QuietOrbax` on absl's logger, :class:`_QuietAsyncio` on asyncio's;
-    * hooks that drop ``RuntimeError('Event loop is closed')``: when a save fails (e.g. a full
-      disk), orbax closes that save's event loop while TensorStore's other writes are pending,
-      and each of them then prints that error with a traceback (about 120 for a real model),
-      also after the run has stopped with its own message.
+    After a failure orbax abandons the other reads or writes of that save or restore, and each
+    reports its own error later, in another thread (asyncio's "exception was never retrieved",
+    TensorStore's ``RuntimeError: Event loop is closed``, Python's "coroutine ... was never
+    awaited"). This module installs no log filter or hook against them: a program that wants them
+    silenced asks here (as ``experiments.quiet_orbax`` does for the command-line tools).
     """
-    global _quiet_installed
-    with _quiet_lock:
-        if _quiet_installed:
-            return
-        logging.getLogger("absl").addFilter(_QuietOrbax())
-        logging.getLogger("asyncio").addFilter(_QuietAsyncio())
-        sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
-        sys.excepthook = _quiet_excepthook(sys.excepthook)
-        _quiet_installed = True
-
-
-def _plain(value: Any) -> Any:
-    """Converts config/extra values (ConfigDicts, tuples, numpy and JAX scalars/arrays) to JSON."""
-    if hasattr(value, "to_dict") and callable(value.to_dict):  # ml_collections.ConfigDict
-        value = value.to_dict()
-    if isinstance(value, Mapping):
-        out = {}
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise TypeError(f"JSON object keys must be strings, got {k!r}")
-            out[k] = _plain(v)
-        return out
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, jax.Array) and jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):
-        value = jax.random.key_data(value)
-    if isinstance(value, np.ndarray | np.generic | jax.Array):
-        return _plain(np.asarray(value).tolist())
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    raise TypeError(f"value of type {type(value).__name__} is not JSON-serialisable: {value!r}")
+    return _failed_io.is_set()
 
 
 def _tree_bytes(tree: Any) -> int:
@@ -336,15 +222,6 @@ def _dir_bytes(path: pathlib.Path) -> int:
     return total
 
 
-def _drop(tree: dict, dotted: str) -> None:
-    *parents, leaf = dotted.split(".")
-    for name in parents:
-        tree = tree.get(name)
-        if not isinstance(tree, dict):
-            return
-    tree.pop(leaf, None)
-
-
 @contextlib.contextmanager
 def _absl_verbosity(level: int | None):
     """Temporarily sets absl's logging verbosity (orbax logs through absl); None = unchanged."""
@@ -359,31 +236,8 @@ def _absl_verbosity(level: int | None):
         absl_logging.set_verbosity(old)
 
 
-def config_fingerprint(config: Mapping[str, Any], *, ignore: Iterable[str] = ()) -> str:
-    """SHA-256 hex digest of the canonical JSON of ``config``.
-
-    Canonical: keys sorted, no whitespace, tuples as lists, numpy/JAX scalars as Python numbers, so
-    the same config gives the same fingerprint in every process and Python version.
-
-    Args:
-      config: a mapping (or ``ml_collections.ConfigDict``) of JSON-able values.
-      ignore: keys left out of the fingerprint, e.g. ``("workdir",)``; dotted names
-        (``"data.data_dir"``) reach into nested mappings. Missing keys are fine.
-
-    Raises:
-      TypeError: if a value cannot be written as JSON.
-    """
-    tree = _plain(config)
-    if not isinstance(tree, dict):
-        raise TypeError(f"config must be a mapping, got {type(config).__name__}")
-    for name in ignore:
-        _drop(tree, name)
-    text = json.dumps(tree, sort_keys=True, separators=(",", ":"), allow_nan=True)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _mismatch(workdir: pathlib.Path, found: str, expected: str) -> ValueError:
-    return ValueError(
+def _mismatch(workdir: pathlib.Path, found: str, expected: str) -> CheckpointError:
+    return CheckpointError(
         f"workdir {workdir} belongs to a run with a different config (fingerprint {found[:12]}..., "
         f"this config {expected[:12]}...). Use a new workdir for a new config, or pass the same "
         "config to resume that run."
@@ -410,7 +264,7 @@ def recorded_fingerprint(workdir: pathlib.Path) -> str | None:
     try:
         return str(json.loads(path.read_text())["config_fingerprint"])
     except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(
+        raise CheckpointError(
             f"workdir {workdir}: cannot read the config fingerprint from {path} ({e}). "
             "Use a new workdir."
         ) from e
@@ -436,7 +290,7 @@ def check_workdir_config(workdir: str | os.PathLike, config_fingerprint: str) ->
         return True  # unreadable, but nothing was trained under it
     if found is None:
         if has_steps:
-            raise ValueError(
+            raise CheckpointError(
                 f"workdir {workdir} holds checkpoints but no {_CONFIG_FILE}, so its config is "
                 "unknown. Use a new workdir."
             )
@@ -453,7 +307,8 @@ class Checkpointer:
 
     Args:
       workdir: the run's directory (created if missing).
-      config_fingerprint: see :func:`config_fingerprint`; a workdir holding another one is refused.
+      config_fingerprint: the run's (``drd_jax.config.fingerprint``); a workdir holding another
+        one is refused.
       config: optional JSON-able config, recorded in ``config.json`` for humans (first run only).
       max_to_keep: how many of the latest checkpoints are kept (the best one is kept in addition).
       save_interval_steps: ``save`` writes only at steps divisible by this (unless ``force``).
@@ -496,7 +351,6 @@ class Checkpointer:
         self._disk_full_reported = False
         self._closed = False
         self._check_or_write_config(config)
-        _quiet_orbax()
         self._manager = self._make_manager(max_to_keep, save_interval_steps, best_mode, async_save)
 
     def _make_manager(self, max_to_keep, save_interval_steps, best_mode, async_save):
@@ -559,7 +413,7 @@ class Checkpointer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         body = {
             "config_fingerprint": self.config_fingerprint,
-            "config": None if config is None else _plain(config),
+            "config": None if config is None else to_json_value(config),
         }
         atomic_write_text(path, json.dumps(body, indent=2, sort_keys=True) + "\n")
 
@@ -630,7 +484,7 @@ class Checkpointer:
         meta = {
             "config_fingerprint": self.config_fingerprint,
             "state_digest": state_digest(state),
-            "extra": _plain(dict(extra or {})),
+            "extra": to_json_value(dict(extra or {})),
         }
         try:  # fail here, not in orbax's background thread
             json.dumps(meta, allow_nan=False)
@@ -711,9 +565,9 @@ class Checkpointer:
         if step is None:
             step = self.latest_step()
             if step is None:
-                raise FileNotFoundError(f"no checkpoint in {self.checkpoint_dir}")
+                raise MissingFileError(f"no checkpoint in {self.checkpoint_dir}")
         elif int(step) not in self._manager.all_steps():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"no checkpoint for step {step} in {self.checkpoint_dir}; "
                 f"available steps: {self.all_steps()}"
             )

@@ -3,26 +3,31 @@
 :data:`FIELDS` is the one place that says what each field means and may hold (a :class:`Field`:
 check, one-line help, section); ``experiments/configs/base.py`` sets their defaults, and
 :func:`describe_fields` lists them with a config's values (what ``--help`` prints when a
-``--config`` is given: ``experiments/cli.py``). :func:`validate_config` raises ``ValueError``
-naming the first bad field (``config.<field>: ...``); :func:`fingerprint` is what a workdir
-records, so a rerun with another config is refused and one with the same config resumes.
+``--config`` is given: ``experiments/cli.py``). :func:`validate_config` raises
+``drd_jax.errors.ConfigError`` (a ``ValueError``) naming the first bad field
+(``config.<field>: ...``); :func:`fingerprint` is what a workdir records, so a rerun with another
+config is refused and one with the same config resumes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import math
 import os
 import pathlib
 import shlex
 import textwrap
-from typing import NamedTuple
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from drd_jax.checkpointing import config_fingerprint
 from drd_jax.distillation.terms import KD_FIELDS, KD_WEIGHT_FIELDS, uses_kd_methods
+from drd_jax.errors import ConfigError
 from drd_jax.extras import require
+from drd_jax.json_values import to_json_value
 from drd_jax.models import DEPTH_AWARE_LAYER_CHOICES, FEATURE_LAYERS
 from drd_jax.parallel import PARALLEL
 
@@ -44,6 +49,7 @@ __all__ = [
     "describe_fields",
     "field_error",
     "fingerprint",
+    "hash_config",
     "legacy_fingerprints",
     "resolve_data_dir",
     "validate_config",
@@ -359,9 +365,9 @@ FIELDS: dict[str, Field] = {
 SECTIONS = tuple(dict.fromkeys(field.section for field in FIELDS.values()))
 
 
-def field_error(name: str, message: str) -> ValueError:
+def field_error(name: str, message: str) -> ConfigError:
     """The error of a bad config field: ``config.<name>: <message>``."""
-    return ValueError(f"config.{name}: {message}")
+    return ConfigError(f"config.{name}: {message}")
 
 
 def _in_range(v, check: Number) -> bool:
@@ -499,7 +505,7 @@ def _check_pretrained(config) -> None:
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Raises ``ValueError`` naming the first bad field (``config.<field>: ...``).
+    """Raises ``ConfigError`` (a ``ValueError``) naming the first bad field (``config.<field>``).
 
     Checks every field of :data:`FIELDS` (its allowed values), then the rules between fields and
     what is cheap to check outside the config: the dataset's builder and builder config, pairs
@@ -510,7 +516,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     """
     missing = [name for name in FIELDS if name not in config]
     if missing:
-        raise ValueError(f"config is missing the fields {missing} (see experiments/configs/)")
+        raise ConfigError(f"config is missing the fields {missing} (see experiments/configs/)")
     for name, field in FIELDS.items():
         _check_field(config, name, field.check)
     _check_dataset(config.dataset)
@@ -584,10 +590,43 @@ def _fingerprint(config: ml_collections.ConfigDict, ignore: tuple[str, ...]) -> 
     if not uses_kd_methods(config):
         ignore = ignore + KD_FIELDS
     ignore = ignore + tuple(f for f, old in ADDED_FIELDS.items() if config.get(f, old) == old)
-    return config_fingerprint(config.to_dict(), ignore=ignore)
+    return hash_config(config.to_dict(), ignore=ignore)
 
 
 def resolve_data_dir(config) -> str:
     """``config.data_dir``, else ``$DRD_DATA_DIR``, else ``~/tensorflow_datasets``."""
     d = config.data_dir or os.environ.get("DRD_DATA_DIR") or "~/tensorflow_datasets"
     return str(pathlib.Path(d).expanduser())
+
+
+def hash_config(config: Mapping[str, Any], *, ignore: Iterable[str] = ()) -> str:
+    """SHA-256 hex digest of the canonical JSON of ``config``: what :func:`fingerprint` records.
+
+    Canonical: keys sorted, no whitespace, tuples as lists, numpy/JAX scalars as Python numbers, so
+    the same config gives the same digest in every process and Python version.
+
+    Args:
+      config: a mapping (or ``ml_collections.ConfigDict``) of JSON-able values.
+      ignore: keys left out, e.g. ``("workdir",)``; dotted names (``"data.data_dir"``) reach into
+        nested mappings. Missing keys are fine.
+
+    Raises:
+      TypeError: if a value cannot be written as JSON.
+    """
+    tree = to_json_value(config)
+    if not isinstance(tree, dict):
+        raise TypeError(f"config must be a mapping, got {type(config).__name__}")
+    for name in ignore:
+        _drop(tree, name)
+    text = json.dumps(tree, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _drop(tree: dict, dotted: str) -> None:
+    """Removes ``tree``'s key at the dotted path ``dotted``, if there is one."""
+    *parents, leaf = dotted.split(".")
+    for name in parents:
+        tree = tree.get(name)
+        if not isinstance(tree, dict):
+            return
+    tree.pop(leaf, None)

@@ -8,6 +8,8 @@ import os
 import pathlib
 import shutil
 
+from drd_jax.errors import UserError
+
 __all__ = [
     "DiskFullError",
     "UnusableDirectoryError",
@@ -43,15 +45,15 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-class DiskFullError(OSError):
+class DiskFullError(UserError, OSError):
     """No space left on the device while writing a run's files (``errno`` is ``ENOSPC``).
 
     ``str()`` is one line that names the path, the space free there and the space needed, and
-    says what to do; ``filename`` is the path.
+    says what to do; ``filename`` is the path. The entry points exit with status 1 (not a usage
+    error).
     """
 
-    user_error = True  # entry points print it as one line (experiments/cli.py) ...
-    exit_status = 1  # ... with status 1: not a usage error
+    exit_status = 1
 
     def __init__(self, message: str, path: str | os.PathLike):
         super().__init__(errno.ENOSPC, message)
@@ -114,11 +116,9 @@ def disk_full_error(
     )
 
 
-class UnusableDirectoryError(OSError):
+class UnusableDirectoryError(UserError, OSError):
     """A directory to write into is a file, sits under one, or cannot be written (one line naming
     the path and what was expected)."""
-
-    user_error = True  # entry points print it as one line (experiments/cli.py)
 
 
 def check_writable_dir(path: str | os.PathLike, *, what: str) -> pathlib.Path:

@@ -71,6 +71,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from drd_jax.data import transforms
+from drd_jax.errors import ConfigError, DataError
 from drd_jax.extras import require
 
 grain = require("grain", extra="data")
@@ -142,7 +143,7 @@ def _check_source(data_source) -> int:
             f"got {type(data_source).__name__}"
         ) from None
     if n == 0:
-        raise ValueError("data_source is empty")
+        raise DataError("data_source is empty")
     return n
 
 
@@ -487,7 +488,7 @@ def load_data_source(
     try:
         module = importlib.import_module(f"tfds_builders.{name}")
     except ModuleNotFoundError as e:
-        raise ValueError(f"dataset {dataset!r}: no builder tfds_builders.{name} ({e})") from None
+        raise ConfigError(f"dataset {dataset!r}: no builder tfds_builders.{name} ({e})") from None
     kwargs = {"config": config} if config else {}
     try:
         builder = module.Builder(data_dir=data_dir, **kwargs)
@@ -514,7 +515,7 @@ def dataset_class_names(dataset: str, data_source) -> list[str]:
         return list(meta["class_names"])
     module = importlib.import_module(f"tfds_builders.{dataset.partition('/')[0]}")
     if not hasattr(module, "CLASS_NAMES"):
-        raise ValueError(
+        raise DataError(
             f"config.dataset: the built {dataset!r} records no class names in its metadata; "
             "rebuild it with this version of tfds_builders (python -m tfds_builders.build)"
         )
@@ -525,13 +526,10 @@ def dataset_class_names(dataset: str, data_source) -> list[str]:
 # Damaged data.
 
 
-class CorruptDataError(ValueError):
+class CorruptDataError(DataError):
     """A built dataset cannot be read (a damaged shard or metadata file); the message (one line)
-    names the file and the command that rebuilds the dataset."""
-
-    # One line from the entry points (experiments.cli) wherever it is raised: in grain's reader
-    # threads as well as in this module.
-    user_error = True
+    names the file and the command that rebuilds the dataset. A :class:`~drd_jax.errors.UserError`
+    wherever it is raised (in grain's reader threads as well as in this module)."""
 
 
 def rebuild_command(dataset: str, data_dir: str) -> str:

@@ -1,10 +1,10 @@
-"""The host side of training: the step loop and the evaluation pass.
+"""The host side of a training loop: pending step metrics, the train log, progress, evaluation.
 
-One loop (:func:`run_steps`) drives both the trainer (``drd_jax.train``) and knowledge
-adaptation's auto-encoder stage (``drd_jax.distillation.autoencoder``): it feeds batches to a
-compiled step (see ``drd_jax.parallel.DataParallel``) without waiting for it, and brings the
-steps' metrics to the host only where they are logged (:class:`TrainLog`) or something is saved,
-checking every step's metrics there before anything after it is kept.
+The loops themselves are written out where they run (``drd_jax.train``, and knowledge
+adaptation's auto-encoder stage in ``drd_jax.distillation.autoencoder``). They share these pieces:
+:class:`PendingMetrics` keeps each dispatched step's metrics on the devices until a sync step
+brings them all to the host in one transfer, :class:`TrainLog` writes the train scalars,
+:func:`progress_bar` shows progress and :func:`evaluate` sums a confusion matrix.
 
 Progress (:func:`progress_bar`): a tqdm bar when stderr is a terminal; in a log file or a pipe,
 where a bar's ``\r`` frames would pile up, one plain log line at each logged step instead.
@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import IO, Any
 
 import numpy as np
@@ -26,7 +26,14 @@ from drd_jax.parallel import DataParallel
 
 tqdm = require("tqdm", extra="train").tqdm
 
-__all__ = ["NOT_LOGGED", "LineProgress", "TrainLog", "evaluate", "progress_bar", "run_steps"]
+__all__ = [
+    "NOT_LOGGED",
+    "LineProgress",
+    "PendingMetrics",
+    "TrainLog",
+    "evaluate",
+    "progress_bar",
+]
 
 # Step metrics that are checked, not logged.
 NOT_LOGGED = ("finite", "valid_pixels")
@@ -120,47 +127,34 @@ class TrainLog:
             self.bar.set_postfix(**postfix, img_s=f"{ips:.1f}")
 
 
-def run_steps(
-    step_fn: Callable,
-    state: Any,
-    batches: Iterator[Mapping[str, np.ndarray]],
-    par: DataParallel,
-    *,
-    start_step: int,
-    end_step: int,
-    step_args: tuple = (),
-    check: Callable[[Mapping[str, np.ndarray], int], None],
-    log: TrainLog,
-    sync_due: Callable[[int], bool] | None = None,
-    after_step: Callable[[int, Any], None] | None = None,
-) -> Any:
-    """Runs steps ``start_step .. end_step - 1`` of ``step_fn``; returns the last state.
+class PendingMetrics:
+    """The metrics of the steps dispatched since the last sync step, still on the devices.
 
-    A step: the next batch of ``batches`` (this process's part), ``par.shard_batch`` and
-    ``step_fn(state, batch, *step_args)`` (compiled by ``par``), dispatched without waiting for
-    it: its metrics stay on the devices. They come to the host only at a *sync step*: a step
-    ``log`` logs, one where ``sync_due(steps done)`` (e.g. a checkpoint is due), and the last.
-    There the metrics of every step since the previous sync come in one transfer,
-    ``check(metrics, step)`` runs on each in order (it raises to stop the run), the step is
-    logged if due, and ``after_step(steps done, state)`` runs (e.g. to save it): whatever it
-    keeps has been checked, and so has every step before it.
+    A training loop dispatches each step without waiting for it (``add`` keeps its metrics, a
+    pytree of device arrays) and brings them to the host only at a sync step (``to_host``): one
+    transfer for every step since the previous sync, so the host never stalls the devices between
+    syncs.
     """
-    pending = []  # device metrics of the steps since the last sync
-    for step in range(start_step, end_step):
-        state, step_metrics = step_fn(state, par.shard_batch(next(batches)), *step_args)
-        pending.append(step_metrics)
-        done = step + 1
-        log.tick()
-        if log.due(done) or done == end_step or (sync_due is not None and sync_due(done)):
-            host_metrics = par.host(pending)
-            for i, metrics in enumerate(host_metrics):
-                check(metrics, done - len(host_metrics) + i)
-            pending = []
-            if log.due(done):
-                log.write(done, host_metrics[-1])
-            if after_step is not None:
-                after_step(done, state)
-    return state
+
+    def __init__(self):
+        self._steps: list[int] = []
+        self._metrics: list[Any] = []
+
+    def __len__(self) -> int:
+        return len(self._steps)
+
+    def add(self, step: int, metrics: Any) -> None:
+        """Keeps the device ``metrics`` of step ``step`` (0-based: the step's index)."""
+        self._steps.append(int(step))
+        self._metrics.append(metrics)
+
+    def to_host(self, par: DataParallel) -> list[tuple[int, Mapping[str, np.ndarray]]]:
+        """Every pending step's ``(step, host metrics)``, oldest first, in one ``par.host``
+        transfer; the buffer is empty afterwards."""
+        host_metrics = par.host(self._metrics) if self._metrics else []
+        out = list(zip(self._steps, host_metrics, strict=True))
+        self._steps, self._metrics = [], []
+        return out
 
 
 def evaluate(

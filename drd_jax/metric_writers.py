@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from drd_jax.errors import DataError
 from drd_jax.extras import require
 from drd_jax.files import atomic_write_text, disk_full_error, is_disk_full
 
@@ -74,7 +75,7 @@ def _read_records(path: pathlib.Path) -> tuple[list[dict[str, Any]], bool]:
         except json.JSONDecodeError as e:
             if i == len(lines) - 1:
                 return records, True
-            raise ValueError(f"{path}:{i + 1}: not valid JSON ({e})") from e
+            raise DataError(f"{path}:{i + 1}: not valid JSON ({e})") from e
     return records, False
 
 

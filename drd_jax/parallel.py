@@ -22,6 +22,8 @@ from flax import jax_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from drd_jax.errors import ConfigError
+
 __all__ = [
     "DataParallel",
     "MESH_AXIS",
@@ -74,14 +76,14 @@ class DataParallel:
 
     def __init__(self, kind: str, num_devices: int = 0):
         if kind not in PARALLEL:
-            raise ValueError(f"parallel must be one of {PARALLEL}, got {kind!r}")
+            raise ConfigError(f"parallel must be one of {PARALLEL}, got {kind!r}")
         if num_devices and jax.process_count() > 1:
-            raise ValueError("config.num_devices must be 0 (all devices) on multi-host runs")
+            raise ConfigError("config.num_devices must be 0 (all devices) on multi-host runs")
         self.kind = kind
         devices = jax.local_devices() if kind == "pmap" else jax.devices()
         if num_devices:
             if num_devices > len(devices):
-                raise ValueError(
+                raise ConfigError(
                     f"config.num_devices={num_devices} but only {len(devices)} devices exist"
                 )
             devices = devices[:num_devices]

@@ -70,6 +70,7 @@ import numpy as np
 from flax.core import FrozenDict, freeze, unfreeze
 
 from drd_jax.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from drd_jax.errors import CheckpointError, MissingFileError
 from drd_jax.models.deeplab_vgg16 import VGG16_BLOCKS, scaled_width
 
 VGG16_CONV_NAMES: tuple[str, ...] = tuple(name for _, layers in VGG16_BLOCKS for name, _ in layers)
@@ -108,12 +109,12 @@ def _check_layer(name: str, kernel: Any, bias: Any, where: str, conv3x3: bool) -
     kernel = np.asarray(kernel, np.float32)
     bias = np.asarray(bias, np.float32)
     if kernel.ndim != 4 or bias.ndim != 1 or kernel.shape[3] != bias.shape[0]:
-        raise ValueError(
+        raise CheckpointError(
             f"{where}: layer {name} needs a (kh, kw, Cin, Cout) kernel and a (Cout,) bias, "
             f"got kernel {kernel.shape} and bias {bias.shape}"
         )
     if conv3x3 and kernel.shape[:2] != (3, 3):
-        raise ValueError(
+        raise CheckpointError(
             f"{where}: layer {name} kernel {kernel.shape} is not 3×3 HWIO (a Theano/channels-first "
             "or otherwise transposed kernel?)"
         )
@@ -124,7 +125,7 @@ def _check_complete(layers: Mapping[str, Layer], where: str, source_names: Mappi
     missing = [name for name in VGG16_CONV_NAMES if name not in layers]
     if missing:
         listed = ", ".join(f"{name} ({source_names[name]})" for name in missing)
-        raise ValueError(f"{where}: missing VGG16 layers: {listed}")
+        raise CheckpointError(f"{where}: missing VGG16 layers: {listed}")
 
 
 def fold_input_normalization(layer: Mapping[str, np.ndarray], scale, offset) -> Layer:
@@ -150,7 +151,7 @@ def fold_input_normalization(layer: Mapping[str, np.ndarray], scale, offset) -> 
 
 def _convert_keras_conv1_1(layer: Layer, keras_input: str, where: str) -> Layer:
     if layer["kernel"].shape[2] != 3:
-        raise ValueError(
+        raise CheckpointError(
             f"{where}: layer conv1_1 (block1_conv1) must take 3 input channels, "
             f"got kernel {layer['kernel'].shape}"
         )
@@ -184,7 +185,7 @@ def _open_h5(path: pathlib.Path, where: str):
     try:
         return h5py.File(path, "r")
     except OSError as e:
-        raise ValueError(f"{where}: not a readable HDF5 file ({_first_line(e)})") from e
+        raise CheckpointError(f"{where}: not a readable HDF5 file ({_first_line(e)})") from e
 
 
 def _keras_datasets(f, where: str) -> dict[str, tuple[Any, Any]]:
@@ -210,12 +211,12 @@ def _keras_datasets(f, where: str) -> dict[str, tuple[Any, Any]]:
         depth = min(p.count("/") for p in paths)
         top = [p for p in paths if p.count("/") == depth]
         if len(top) > 1:
-            raise ValueError(f"{where}: layer {keras_name} found at several places: {top}")
+            raise CheckpointError(f"{where}: layer {keras_name} found at several places: {top}")
         datasets = _h5_datasets(root[top[0]])
         kernels = [d for _, d in datasets if d.ndim == 4]
         biases = [d for _, d in datasets if d.ndim == 1]
         if len(kernels) != 1 or len(biases) != 1:
-            raise ValueError(
+            raise CheckpointError(
                 f"{where}: layer group {top[0]} must hold one 4-D kernel and one 1-D bias, "
                 f"got datasets {[(n, d.shape) for n, d in datasets]}"
             )
@@ -256,7 +257,7 @@ def _torchvision_keys(state, where: str):
         if w_key not in state and b_key not in state:
             continue
         if w_key not in state or b_key not in state:
-            raise ValueError(f"{where}: layer {name} needs both {w_key} and {b_key}")
+            raise CheckpointError(f"{where}: layer {name} needs both {w_key} and {b_key}")
         yield name, w_key, b_key
 
 
@@ -265,7 +266,7 @@ def _from_torchvision(state: Mapping[str, Any], where: str, strict: bool) -> dic
     if keys and all(str(k).startswith("module.") for k in keys):
         state = {str(k)[len("module.") :]: v for k, v in state.items()}
     if any("running_mean" in str(k) for k in state):
-        raise ValueError(
+        raise CheckpointError(
             f"{where}: this is a batch-norm VGG (vgg16_bn) state dict; only plain vgg16 is "
             "supported"
         )
@@ -273,7 +274,7 @@ def _from_torchvision(state: Mapping[str, Any], where: str, strict: bool) -> dic
     for name, w_key, b_key in _torchvision_keys(state, where):
         weight = _to_numpy(state[w_key])
         if weight.ndim != 4:
-            raise ValueError(f"{where}: {w_key} must be 4-D OIHW, got shape {weight.shape}")
+            raise CheckpointError(f"{where}: {w_key} must be 4-D OIHW, got shape {weight.shape}")
         kernel = np.transpose(weight, (2, 3, 1, 0))  # OIHW -> HWIO
         bias = _to_numpy(state[b_key])
         layers[name] = _check_layer(f"{name} ({w_key})", kernel, bias, where, True)
@@ -295,7 +296,7 @@ def _read_torch(path: pathlib.Path) -> Mapping[str, Any]:
     if isinstance(state, Mapping) and "state_dict" in state and "features.0.weight" not in state:
         state = state["state_dict"]
     if not isinstance(state, Mapping):
-        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
+        raise CheckpointError(f"{path}: expected a state dict, got {type(state).__name__}")
     return state
 
 
@@ -305,13 +306,13 @@ def _from_flat(flat: Mapping[str, Any], where: str, strict: bool) -> dict[str, L
     for key, value in flat.items():
         layer, _, leaf = str(key).rpartition("/")
         if not layer or leaf not in ("kernel", "bias"):
-            raise ValueError(f"{where}: key {key!r} is not '<layer>/kernel' or '<layer>/bias'")
+            raise CheckpointError(f"{where}: key {key!r} is not '<layer>/kernel' or '<layer>/bias'")
         parts.setdefault(layer, {})[leaf] = value
     layers: dict[str, Layer] = {}
     for layer, leaves in parts.items():
         if set(leaves) != {"kernel", "bias"}:
             missing = ({"kernel", "bias"} - set(leaves)).pop()
-            raise ValueError(f"{where}: layer {layer} has no {missing}")
+            raise CheckpointError(f"{where}: layer {layer} has no {missing}")
         layers[layer] = _check_layer(layer, leaves["kernel"], leaves["bias"], where, False)
     if strict:
         _check_complete(layers, where, {n: f"{n}/kernel" for n in VGG16_CONV_NAMES})
@@ -324,7 +325,7 @@ def _infer_dict_format(source: Mapping[str, Any]) -> str:
         return "torchvision"
     if keys and all("/" in k for k in keys):
         return "npz"
-    raise ValueError(
+    raise CheckpointError(
         "cannot tell the format of this dict: expected torchvision keys ('features.0.weight', …) "
         "or npz keys ('conv1_1/kernel', …); pass format="
     )
@@ -335,7 +336,7 @@ def _file_format(path: pathlib.Path, format: str | None, *, or_else: str = "") -
     known suffixes, then ``or_else``, when it names none)."""
     fmt = format or _SUFFIX_FORMATS.get(path.suffix.lower())
     if fmt is None:
-        raise ValueError(
+        raise CheckpointError(
             f"{path}: cannot infer the weights format from suffix {path.suffix!r}; "
             f"known suffixes: {sorted(_SUFFIX_FORMATS)}{or_else}"
         )
@@ -385,7 +386,7 @@ def load_vgg16_params(
     path = pathlib.Path(source)
     fmt = _file_format(path, format, or_else=f", or pass format= one of {FORMATS}")
     if not path.is_file():
-        raise FileNotFoundError(f"VGG16 weights file not found: {path}")
+        raise MissingFileError(f"VGG16 weights file not found: {path}")
     if fmt == "keras_h5":
         return _read_keras_h5(path, strict, keras_input)
     if fmt == "torchvision":
@@ -394,7 +395,7 @@ def load_vgg16_params(
         with np.load(path, allow_pickle=False) as data:
             flat = {key: data[key] for key in data.files}
     except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: not a readable .npz file ({e})") from e
+        raise CheckpointError(f"{path}: not a readable .npz file ({e})") from e
     return _from_flat(flat, f"npz file {path}", strict)
 
 
@@ -428,7 +429,7 @@ def _npz_shapes(path: pathlib.Path, where: str) -> dict[str, tuple[tuple[int, ..
                     shape, _, dtype = readers[version](f)
                 found[member.removesuffix(".npy")] = (tuple(shape), dtype.kind)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise ValueError(f"{where}: not a readable .npz file ({_first_line(e)})") from None
+        raise CheckpointError(f"{where}: not a readable .npz file ({_first_line(e)})") from None
     return found
 
 
@@ -439,14 +440,14 @@ def _flat_shapes(flat: Mapping[str, tuple[tuple[int, ...], str]], where: str):
     for key, (shape, kind) in flat.items():
         layer, _, leaf = str(key).rpartition("/")
         if not layer or leaf not in ("kernel", "bias"):
-            raise ValueError(f"{where}: key {key!r} is not '<layer>/kernel' or '<layer>/bias'")
+            raise CheckpointError(f"{where}: key {key!r} is not '<layer>/kernel' or '<layer>/bias'")
         if kind not in "fiu":
-            raise ValueError(f"{where}: {key} does not hold numbers (dtype kind {kind!r})")
+            raise CheckpointError(f"{where}: {key} does not hold numbers (dtype kind {kind!r})")
         parts.setdefault(layer, {})[leaf] = shape
     for layer, leaves in parts.items():
         if set(leaves) != {"kernel", "bias"}:
             missing = ({"kernel", "bias"} - set(leaves)).pop()
-            raise ValueError(f"{where}: layer {layer} has no {missing}")
+            raise CheckpointError(f"{where}: layer {layer} has no {missing}")
     return {layer: (leaves["kernel"], leaves["bias"]) for layer, leaves in parts.items()}
 
 
@@ -456,14 +457,14 @@ def _torchvision_shapes(state: Mapping[str, Any], where: str):
     if state and all(str(k).startswith("module.") for k in state):
         state = {str(k)[len("module.") :]: v for k, v in state.items()}
     if any("running_mean" in str(k) for k in state):
-        raise ValueError(
+        raise CheckpointError(
             f"{where}: a batch-norm VGG (vgg16_bn) state dict; only vgg16 is supported"
         )
     shapes = {}
     for name, w_key, b_key in _torchvision_keys(state, where):
         w = tuple(np.shape(state[w_key]))
         if len(w) != 4:
-            raise ValueError(f"{where}: {w_key} must be 4-D OIHW, got shape {w}")
+            raise CheckpointError(f"{where}: {w_key} must be 4-D OIHW, got shape {w}")
         shapes[name] = ((w[2], w[3], w[1], w[0]), tuple(np.shape(state[b_key])))
     return shapes
 
@@ -473,7 +474,7 @@ def _torch_file_state(path: pathlib.Path, where: str) -> Mapping[str, Any]:
     try:
         import torch
     except ImportError:
-        raise ValueError(
+        raise CheckpointError(
             f"{where}: reading a torchvision .pth/.pt file needs torch, which is not installed "
             "(install it, or convert the weights to .npz with drd_jax.pretrained.save_npz)"
         ) from None
@@ -483,11 +484,11 @@ def _torch_file_state(path: pathlib.Path, where: str) -> Mapping[str, Any]:
         except RuntimeError:  # a legacy (non-zip) torch file cannot be memory-mapped
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch's unpickling errors have many types
-        raise ValueError(f"{where}: not a readable torch file ({_first_line(e)})") from None
+        raise CheckpointError(f"{where}: not a readable torch file ({_first_line(e)})") from None
     if isinstance(state, Mapping) and "state_dict" in state and "features.0.weight" not in state:
         state = state["state_dict"]
     if not isinstance(state, Mapping):
-        raise ValueError(f"{where}: expected a state dict, got {type(state).__name__}")
+        raise CheckpointError(f"{where}: expected a state dict, got {type(state).__name__}")
     return state
 
 
@@ -522,18 +523,20 @@ def check_vgg16_file(
     path = pathlib.Path(path)
     fmt = _file_format(path, format)
     if not path.exists():
-        raise FileNotFoundError(f"VGG16 weights file not found: {path}")
+        raise MissingFileError(f"VGG16 weights file not found: {path}")
     if not path.is_file():
-        raise ValueError(f"{path}: not a file")
+        raise CheckpointError(f"{path}: not a file")
     if not os.access(path, os.R_OK):
-        raise ValueError(f"{path}: not readable (permission denied)")
+        raise CheckpointError(f"{path}: not readable (permission denied)")
     if fmt == "keras_h5":
         where = f"Keras VGG16 file {path}"
         with _open_h5(path, where) as f:
             try:
                 layers = _keras_datasets(f, where)
             except (KeyError, RuntimeError, OSError) as e:  # h5py's errors on a damaged file
-                raise ValueError(f"{where}: not a readable HDF5 file ({_first_line(e)})") from None
+                raise CheckpointError(
+                    f"{where}: not a readable HDF5 file ({_first_line(e)})"
+                ) from None
             shapes = {n: (tuple(k.shape), tuple(b.shape)) for n, (k, b) in layers.items()}
         names = KERAS_LAYER_NAMES
     elif fmt == "torchvision":
@@ -551,7 +554,7 @@ def check_vgg16_file(
             ("bias", bias, shapes[name][1]),
         ):
             if want != got:
-                raise ValueError(
+                raise CheckpointError(
                     f"{where}: {name}/{leaf} ({names[name]}) has shape {got}, but DeepLabVGG16 at "
                     f"{width_name}={width:g} needs {want} (weights of another width or network?)"
                 )
@@ -603,7 +606,7 @@ def merge_pretrained(
         raise ValueError(f"the param tree has no layers {absent}; it has {sorted(tree)}")
     missing = [name for name in names if name not in pretrained]
     if strict and missing:
-        raise ValueError(f"pretrained weights miss layers {missing} (strict=True)")
+        raise CheckpointError(f"pretrained weights miss layers {missing} (strict=True)")
     errors = []
     for name in names:
         if name in missing:
@@ -617,13 +620,13 @@ def merge_pretrained(
             if want != got:
                 errors.append(f"{name}/{leaf}: model expects shape {want}, pretrained has {got}")
     if errors:
-        raise ValueError(
+        raise CheckpointError(
             "pretrained weights do not fit the model (a width multiplier other than 1.0?): "
             + "; ".join(errors)
         )
     merged = [name for name in names if name not in missing]
     if not merged:
-        raise ValueError(f"none of the layers {list(names)} is in the pretrained weights")
+        raise CheckpointError(f"none of the layers {list(names)} is in the pretrained weights")
     for name in merged:
         layer = dict(tree[name])
         for leaf in ("kernel", "bias"):

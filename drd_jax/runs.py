@@ -34,6 +34,7 @@ from drd_jax.config import (
     legacy_fingerprints,
     resolve_data_dir,
 )
+from drd_jax.errors import CheckpointError, ConfigError, MissingFileError, UserError
 from drd_jax.extras import require
 from drd_jax.files import atomic_write_text
 from drd_jax.models import DeepLabVGG16
@@ -92,7 +93,7 @@ def read_run_config(workdir: str | os.PathLike) -> tuple[ml_collections.ConfigDi
     workdir = pathlib.Path(workdir).expanduser()
     path = workdir / "config.json"
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{workdir} is not a training run: it has no config.json (run experiments.train first)"
         )
     try:
@@ -102,9 +103,9 @@ def read_run_config(workdir: str | os.PathLike) -> tuple[ml_collections.ConfigDi
         found = fingerprint(config)
         accepted = {found, *legacy_fingerprints(config)}
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ValueError(f"{path}: not a drd-jax run config ({type(e).__name__}: {e})") from e
+        raise CheckpointError(f"{path}: not a drd-jax run config ({type(e).__name__}: {e})") from e
     if recorded not in accepted:
-        raise ValueError(
+        raise CheckpointError(
             f"{path} was edited: its config has fingerprint {found[:12]}..., the run (and its "
             f"checkpoints) recorded {recorded[:12]}...; its config no longer says how the "
             "checkpoints were trained. Restore the file, or train a new run"
@@ -142,7 +143,7 @@ def load_run(workdir: str | os.PathLike, *, checkpoint: str = "best") -> RunChec
       ValueError: a bad ``checkpoint`` value or a corrupt/mismatched ``config.json``.
     """
     if checkpoint not in TEACHER_CHECKPOINTS:
-        raise ValueError(f"checkpoint must be one of {TEACHER_CHECKPOINTS}, got {checkpoint!r}")
+        raise ConfigError(f"checkpoint must be one of {TEACHER_CHECKPOINTS}, got {checkpoint!r}")
     workdir = pathlib.Path(workdir).expanduser().absolute()
     config, config_fp = read_run_config(workdir)
     ckpt = Checkpointer(workdir, config_fingerprint=config_fp, async_save=False, read_only=True)
@@ -150,7 +151,7 @@ def load_run(workdir: str | os.PathLike, *, checkpoint: str = "best") -> RunChec
         step = ckpt.best_step() if checkpoint == "best" else None
         step = step if step is not None else ckpt.latest_step()
         if step is None:
-            raise FileNotFoundError(f"{workdir} has no checkpoint yet")
+            raise MissingFileError(f"{workdir} has no checkpoint yet")
         class_names = ckpt.read_extra(step).get("class_names")
         if not class_names:  # checkpoints written before class names were recorded
             source = input_pipeline.load_data_source(
@@ -196,12 +197,10 @@ def _with_choices(
     return error
 
 
-class FinishedRunError(RuntimeError):
+class FinishedRunError(UserError, RuntimeError):
     """A finished run whose results cannot be vouched for by its final checkpoint (missing,
     damaged, or holding other params): the rerun refuses, writing nothing (one line naming the
     workdir and what to do)."""
-
-    user_error = True  # entry points print it as one line (experiments/cli.py)
 
 
 def finished_run(workdir: str | os.PathLike, config) -> dict | None:

@@ -69,6 +69,13 @@ from flax.traverse_util import flatten_dict
 import drd_jax
 from drd_jax import files
 from drd_jax.data import transforms
+from drd_jax.errors import (
+    CheckpointError,
+    ConfigError,
+    MissingFileError,
+    OutputExistsError,
+    OutputNotADirectoryError,
+)
 from drd_jax.models import DeepLabVGG16
 
 __all__ = [
@@ -198,12 +205,12 @@ def _check_export_only(path: pathlib.Path) -> None:
     if not is_export_dir(path):
         with os.scandir(path) as entries:
             held = sorted(_entry_name(e) for e in entries)
-        raise ValueError(
+        raise CheckpointError(
             f"output {path} is not empty and holds no drd-jax export ({CARD_NAME}): it holds "
             f"{_listing(held)}; overwrite replaces an export only: choose another directory"
         )
     if others:
-        raise ValueError(
+        raise CheckpointError(
             f"output {path} holds an export and files that are not part of it: "
             f"{_listing(others)}; overwrite replaces an export's own files only "
             f"({', '.join(EXPORT_FILES)}), never others: move them away or choose another "
@@ -229,22 +236,22 @@ def check_output_dir(output_dir: str | os.PathLike, *, overwrite: bool = False) 
     """
     path = pathlib.Path(output_dir).expanduser().absolute()
     if path.is_symlink():
-        raise NotADirectoryError(
+        raise OutputNotADirectoryError(
             f"output {path} is a symlink; give the directory itself (--output)"
         )
     if path.exists() and not path.is_dir():
-        raise FileExistsError(f"output {path} exists and is not a directory")
+        raise OutputExistsError(f"output {path} exists and is not a directory")
     existing = path
     while not os.path.lexists(existing) and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise NotADirectoryError(
+        raise OutputNotADirectoryError(
             f"output {path} cannot be created: {existing} is a file, not a directory (--output)"
         )
     files.check_writable_dir(path, what="output")
     if path.is_dir() and any(path.iterdir()):
         if not overwrite:
-            raise FileExistsError(
+            raise OutputExistsError(
                 f"output {path} already exists and is not empty; choose another directory, "
                 "or replace the export there with overwrite (--overwrite)"
             )
@@ -317,7 +324,7 @@ def _lower(model, params, input_size, platforms) -> jax.export.Exported:
     try:
         return jax.export.export(jax.jit(_serving_fn(model, params)), platforms=platforms)(spec)
     except Exception as e:  # noqa: BLE001 - what jax raises for a platform it cannot lower for
-        raise ValueError(
+        raise ConfigError(
             f"cannot lower the network for platforms {list(platforms)} ({type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else ''}); export for fewer platforms"
         ) from e
@@ -362,7 +369,7 @@ def _restore(old: pathlib.Path, path: pathlib.Path) -> None:
     try:
         os.rename(old, path)
     except OSError:
-        raise FileExistsError(
+        raise OutputExistsError(
             f"output {path}: another process wrote there while the export was written; nothing "
             f"was deleted: the previous export (and what was written into it) is in {old}"
         ) from None
@@ -380,11 +387,11 @@ def _move_in(path: pathlib.Path, tmp: pathlib.Path, token: str, overwrite: bool)
         try:
             os.rename(path, old)
         except OSError as e:
-            raise FileExistsError(f"output {path}: cannot be replaced ({e.strerror})") from None
+            raise OutputExistsError(f"output {path}: cannot be replaced ({e.strerror})") from None
         if _foreign_entries(old) or not is_export_dir(old):
             _restore(old, path)
             _check_export_only(path)  # raises, naming what else is there
-            raise ValueError(  # it changed back meanwhile: refuse all the same
+            raise CheckpointError(  # it changed back meanwhile: refuse all the same
                 f"output {path}: another process wrote there while the export was written; "
                 "nothing was replaced: export again"
             )
@@ -393,7 +400,7 @@ def _move_in(path: pathlib.Path, tmp: pathlib.Path, token: str, overwrite: bool)
     except OSError as e:
         if old is not None:
             _restore(old, path)
-        raise FileExistsError(f"output {path}: cannot be replaced ({e.strerror})") from None
+        raise OutputExistsError(f"output {path}: cannot be replaced ({e.strerror})") from None
     return old
 
 
@@ -651,15 +658,15 @@ def _verified_bytes(path: pathlib.Path, name: str, card: Mapping[str, Any]) -> b
     try:
         expected = card["files"][name]["sha256"]
     except (KeyError, TypeError):
-        raise ValueError(f"{path / CARD_NAME}: no sha256 of {name} under files") from None
+        raise CheckpointError(f"{path / CARD_NAME}: no sha256 of {name} under files") from None
     try:
         data = file.read_bytes()
     except FileNotFoundError:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{file}: no such file; an export has {CARD_NAME}, {PARAMS_NAME} and {MODEL_NAME}"
         ) from None
     if _sha256(data) != expected:
-        raise ValueError(
+        raise CheckpointError(
             f"{file}: damaged or replaced: its sha256 {_sha256(data)} differs from {expected} "
             f"recorded in {CARD_NAME}; export the run again"
         )
@@ -669,15 +676,15 @@ def _verified_bytes(path: pathlib.Path, name: str, card: Mapping[str, Any]) -> b
 def _check_card_sha256(card: Mapping[str, Any], card_path: pathlib.Path) -> None:
     recorded = card.get(CARD_SHA256_KEY)
     if not isinstance(recorded, str):
-        raise ValueError(
+        raise CheckpointError(
             f"{card_path}: no {CARD_SHA256_KEY} (the card's own checksum); export the run again"
         )
     try:
         actual = card_sha256(card)
     except ValueError as e:  # NaN or infinity, which json.loads reads but no card holds
-        raise ValueError(f"{card_path}: not a valid export card ({e})") from None
+        raise CheckpointError(f"{card_path}: not a valid export card ({e})") from None
     if actual != recorded:
-        raise ValueError(
+        raise CheckpointError(
             f"{card_path}: edited or damaged: its sha256 {actual} differs from {recorded} "
             f"recorded in it ({CARD_SHA256_KEY}); an export is read as written: export the run "
             "again"
@@ -717,12 +724,12 @@ def _check_stablehlo_fits(
         )
         if not ok:
             got = ", ".join(_aval_text(a) for a in avals) or "nothing"
-            raise ValueError(
+            raise CheckpointError(
                 f"{where}: {verb} {got}, but {CARD_NAME} says {want}: the files do not belong "
                 "together; export the run again"
             )
     if tuple(stablehlo.platforms) != tuple(platforms):
-        raise ValueError(
+        raise CheckpointError(
             f"{where}: lowered for platforms {list(stablehlo.platforms)}, but {CARD_NAME} says "
             f"{list(platforms)}: the files do not belong together; export the run again"
         )
@@ -747,16 +754,18 @@ def load_export(path: str | os.PathLike) -> ExportedNetwork:
     path = pathlib.Path(path).expanduser().absolute()
     card_path = path / CARD_NAME
     if not card_path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{card_path}: no such file; expected a drd-jax export directory (written by "
             "experiments.export)"
         )
     card = _read_card(path)
     if card is None or card.get("format") != FORMAT:
-        raise ValueError(f"{card_path}: not a drd-jax export card (expected format {FORMAT!r})")
+        raise CheckpointError(
+            f"{card_path}: not a drd-jax export card (expected format {FORMAT!r})"
+        )
     version = card.get("format_version")
     if version != FORMAT_VERSION:
-        raise ValueError(
+        raise CheckpointError(
             f"{card_path}: export format version {version!r}; drd_jax {drd_jax.__version__} "
             f"reads version {FORMAT_VERSION}: export the run again with this version"
         )
@@ -769,9 +778,11 @@ def load_export(path: str | os.PathLike) -> ExportedNetwork:
         input_size = transforms.check_size(card["input"]["size"], "input.size")
         platforms = _check_platforms(card["platforms"])
     except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{card_path}: not a valid export card ({type(e).__name__}: {e})") from e
+        raise CheckpointError(
+            f"{card_path}: not a valid export card ({type(e).__name__}: {e})"
+        ) from e
     if num_classes != len(class_names) or model.num_classes != len(class_names):
-        raise ValueError(
+        raise CheckpointError(
             f"{card_path}: {len(class_names)} classes listed, but num_classes {num_classes!r} "
             f"and a model of {model.num_classes}"
         )
@@ -781,14 +792,14 @@ def load_export(path: str | os.PathLike) -> ExportedNetwork:
     try:
         params = serialization.msgpack_restore(params_bytes)
     except Exception as e:  # noqa: BLE001 - msgpack raises several types for bad bytes
-        raise ValueError(f"{params_path}: cannot be read as flax msgpack ({e})") from None
+        raise CheckpointError(f"{params_path}: cannot be read as flax msgpack ({e})") from None
     found = {str(np.asarray(x).dtype) for x in jax.tree.leaves(params)}
     if found != {dtype}:
-        raise ValueError(f"{params_path}: params of dtype {sorted(found)}, card: {dtype}")
+        raise CheckpointError(f"{params_path}: params of dtype {sorted(found)}, card: {dtype}")
     try:
         _check_params_fit(model, params, input_size)
     except ValueError as e:
-        raise ValueError(f"{params_path}: {e}, as {CARD_NAME} describes it") from None
+        raise CheckpointError(f"{params_path}: {e}, as {CARD_NAME} describes it") from None
 
     model_path = path / MODEL_NAME
     model_bytes = _verified_bytes(path, MODEL_NAME, card)
@@ -797,7 +808,7 @@ def load_export(path: str | os.PathLike) -> ExportedNetwork:
     except ImportError as e:
         raise ImportError(f"reading {model_path} needs the flatbuffers package ({e})") from e
     except Exception as e:  # noqa: BLE001 - flatbuffers/MLIR raise several types for bad bytes
-        raise ValueError(f"{model_path}: cannot be read by jax.export ({e})") from None
+        raise CheckpointError(f"{model_path}: cannot be read by jax.export ({e})") from None
     _check_stablehlo_fits(
         stablehlo,
         model_path,

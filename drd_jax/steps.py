@@ -47,8 +47,8 @@ def _loss(
     rng: jax.Array,
     valid: jax.Array,
     pixel_denominator: jax.Array,
-    kd: distillation_lib.Distillation | None,
-    teacher: tuple | None,
+    distillation: distillation_lib.Distillation | None,
+    teacher_outputs: tuple | None,  # (logits, features, code): distillation.teacher_outputs
     temperature: jax.Array,
     global_batch_size: int,
 ):
@@ -58,19 +58,19 @@ def _loss(
         {"params": params},
         batch["image"],
         batch["depth"] if use_depth else None,
-        layer=None if kd is None else kd.feature_layer_read,
+        layer=None if distillation is None else distillation.feature_layer_read,
         train=True,
         rngs={"dropout": rng},
     )
     ce_values = losses.segmentation_cross_entropy(logits, batch["label"], where=valid)
     ce = jnp.sum(ce_values) / pixel_denominator
-    if kd is None:
+    if distillation is None:
         return ce, (ce, {}, logits)
     terms = distillation_lib.student_distillation_terms(
-        kd,
+        distillation,
         logits,
         features,
-        teacher,
+        teacher_outputs,
         valid=valid,
         pixel_denominator=pixel_denominator,
         image_denominator=float(global_batch_size),
@@ -78,15 +78,15 @@ def _loss(
         adapter_params=adapter_params,
         critic_params=state.critic.params if state.critic is not None else None,
     )
-    return ce + distillation_lib.weighted_sum(kd, terms), (ce, terms, logits)
+    return ce + distillation_lib.weighted_sum(distillation, terms), (ce, terms, logits)
 
 
 def _update_side_networks(
     state: TrainState,
     new_state: TrainState,
     adapter_grads: Any,
-    kd: distillation_lib.Distillation | None,
-    teacher: tuple | None,
+    distillation: distillation_lib.Distillation | None,
+    teacher_outputs: tuple | None,
     student_logits: jax.Array,
     global_batch_size: int,
     axis_name: str | None,
@@ -98,16 +98,16 @@ def _update_side_networks(
     if state.adapter is not None:
         new_state = new_state.replace(adapter=state.adapter.apply_gradients(grads=adapter_grads))
         finite &= all_finite(new_state.adapter.params)
-    if kd is None or kd.holistic_kd_weight <= 0:
+    if distillation is None or distillation.holistic_kd_weight <= 0:
         return new_state, {}, finite
     critic, critic_metrics, critic_finite = distillation_lib.critic_step(
         state.critic,
-        kd.critic,
-        teacher[0],
+        distillation.critic,
+        teacher_outputs[0],
         student_logits,
         dropout_rng=state.dropout_rng,
         step=state.step,
-        gp_weight=kd.critic_gp_weight,
+        gp_weight=distillation.critic_gp_weight,
         global_batch_size=global_batch_size,
         axis_name=axis_name,
     )
@@ -142,11 +142,12 @@ def train_step(
     temperature = losses.vtce_temperature(
         state.step, num_train_images=num_train_images, batch_size=global_batch_size, beta=beta
     )
-    kd = distillation if distillation is not None and distillation.any_term else None
-    teacher = None
-    if kd is not None:
-        teacher = distillation_lib.teacher_outputs(
-            kd, teacher_params, state.autoencoder_params, batch["image"], batch["depth"]
+    if distillation is not None and not distillation.any_term:
+        distillation = None  # BL+PS: no term, no teacher in the step
+    teacher_outputs = None
+    if distillation is not None:
+        teacher_outputs = distillation_lib.teacher_outputs(
+            distillation, teacher_params, state.autoencoder_params, batch["image"], batch["depth"]
         )
     loss_fn = functools.partial(
         _loss,
@@ -156,8 +157,8 @@ def train_step(
         rng=rng,
         valid=valid,
         pixel_denominator=jnp.maximum(count, 1).astype(jnp.float32),
-        kd=kd,
-        teacher=teacher,
+        distillation=distillation,
+        teacher_outputs=teacher_outputs,
         temperature=temperature,
         global_batch_size=global_batch_size,
     )
@@ -170,7 +171,14 @@ def train_step(
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(new_state.params)
     out = {"loss": loss, "ce_loss": ce, "vtce_loss": jnp.zeros((), jnp.float32), **terms}
     new_state, side_metrics, side_finite = _update_side_networks(
-        state, new_state, adapter_grads, kd, teacher, logits, global_batch_size, axis_name
+        state,
+        new_state,
+        adapter_grads,
+        distillation,
+        teacher_outputs,
+        logits,
+        global_batch_size,
+        axis_name,
     )
     out.update(side_metrics)
     finite &= side_finite

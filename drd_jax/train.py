@@ -13,10 +13,14 @@
   The ablation rows: BL+VTCE = student/scratch; BL+PS = student/teacher with ``vtce_weight=0``;
   BL+PS+VTCE = student/teacher.
 
-Where the pieces live: config fields and fingerprint (``drd_jax.config``), model, optimiser and
-state (``state``), the jitted steps and the loss (``steps``), the asynchronous host loop
-(``loop``), runs read back and final metrics (``runs``), distillation (``distillation``),
-jit/pmap (``parallel``), checkpoints (``checkpointing``). ``config.batch_size`` is the global
+The training loop is written out in ``_train``: each step is dispatched without waiting; at a
+sync step (one that is logged, evaluated or saved, and the last) the metrics of every step since
+the previous one reach the host in one transfer and are checked, in order; then the step is
+logged, evaluated, saved. Where the other pieces live: config fields and fingerprint
+(``drd_jax.config``), model, optimiser and state (``state``), the compiled steps and the loss
+(``steps``), the loop's host-side helpers (``loop``), runs read back and final metrics
+(``runs``), distillation (``distillation``), jit/pmap (``parallel``), checkpoints
+(``checkpointing``). ``config.batch_size`` is the global
 batch; on several hosts (``experiments/train.py --multihost``) each process reads its own shard
 and only process 0 writes logs and ``final_metrics.json``.
 
@@ -73,6 +77,7 @@ from drd_jax import input_pipeline, loop, runs, serving
 from drd_jax.checkpointing import Checkpointer, check_workdir_config
 from drd_jax.config import field_error, resolve_data_dir, validate_config
 from drd_jax.divergence import DivergenceMonitor, TrainingDivergedError
+from drd_jax.errors import CheckpointError
 from drd_jax.extras import require
 from drd_jax.files import DiskFullError, check_writable_dir, disk_full_error, is_disk_full
 from drd_jax.metric_writers import MetricWriter
@@ -130,7 +135,7 @@ def _check_workdir(workdir) -> pathlib.Path:
     (``experiments.export``) is refused, so that neither overwrites the other's files."""
     workdir = check_writable_dir(workdir, what="workdir")
     if serving.is_export_dir(workdir):
-        raise ValueError(
+        raise CheckpointError(
             f"workdir {workdir} holds an export ({serving.CARD_NAME}, written by "
             "experiments.export), not a training run: train into another directory"
         )
@@ -382,15 +387,17 @@ def _train(config, workdir: pathlib.Path, ckpt: Checkpointer, par, data: _Data, 
     state, start_step, distillation, teacher_params = _start(
         config, workdir, ckpt, par, teacher, num_classes
     )
-    train_fn = make_train_step(
-        config,
-        num_classes=num_classes,
-        num_train_images=len(train_source),
-        distillation=distillation,
+    compiled_train_step = par.compile(
+        make_train_step(
+            config,
+            num_classes=num_classes,
+            num_train_images=len(train_source),
+            distillation=distillation,
+        ),
+        donate_state=True,
     )
-    p_train = par.compile(train_fn, donate_state=True)
     model = make_model(config, num_classes)
-    p_eval = par.compile(
+    compiled_eval_step = par.compile(
         functools.partial(
             eval_step, model=model, num_classes=num_classes, padded=pad_to is not None
         )
@@ -409,30 +416,16 @@ def _train(config, workdir: pathlib.Path, ckpt: Checkpointer, par, data: _Data, 
     writer = MetricWriter(
         workdir, resume_step=start_step, active=is_main, curves_on_close=bool(config.write_curves)
     )
+    checkpoint_extra = {"class_names": class_names}  # and "data_step", the steps done
+    if teacher.fingerprint:
+        checkpoint_extra[runs.TEACHER_KEY] = teacher.fingerprint
 
-    def eval_due(step: int) -> bool:
-        return bool(config.eval_every_steps) and step % config.eval_every_steps == 0
-
-    def save_due(step: int) -> bool:
-        return step == end or eval_due(step) or ckpt.should_save(step)
-
-    def save(step: int, state, *, final: bool = False):
-        """Checkpoints ``state`` after ``step`` if a save is due, with an evaluation when one is
-        due; the last step is saved by the final evaluation (``final=True``), which returns its
-        confusion matrix. The state is unreplicated only to be saved."""
-        if not final and (step == total or not save_due(step)):
-            return None
-        extra = {"data_step": step, "class_names": class_names}
-        if teacher.fingerprint:
-            extra[runs.TEACHER_KEY] = teacher.fingerprint
-        if not (final or eval_due(step)):
-            ckpt.save(step, par.unreplicate(state), extra=extra, force=step == end)
-            return None
-        cm = loop.evaluate(p_eval, state.params, eval_ds, par, num_classes)
+    def evaluate(step: int, state) -> tuple[np.ndarray, dict]:
+        """The test split's confusion matrix and summary after ``step`` steps (summary logged)."""
+        cm = loop.evaluate(compiled_eval_step, state.params, eval_ds, par, num_classes)
         summary = runs.eval_summary(cm)
         writer.write_scalars(step, summary, split="eval")
-        ckpt.save(step, par.unreplicate(state), metrics=summary, extra=extra, force=True)
-        return cm
+        return cm, summary
 
     try:
         if start_step == 0 and distillation is not None and distillation.uses_autoencoder:
@@ -445,7 +438,7 @@ def _train(config, workdir: pathlib.Path, ckpt: Checkpointer, par, data: _Data, 
             desc=config.mode,
             enabled=bool(config.progress_bar and is_main),
         )
-        log = loop.TrainLog(
+        train_log = loop.TrainLog(
             writer,
             log_every_steps=config.log_every_steps,
             end_step=end,
@@ -454,33 +447,60 @@ def _train(config, workdir: pathlib.Path, ckpt: Checkpointer, par, data: _Data, 
             bar=bar,
         )
         monitor = DivergenceMonitor(float(config.divergence_factor))
-        state = loop.run_steps(
-            p_train,
-            state,
-            _train_iterator(
-                config, train_source, par, num_classes, seed=config.seed, start_step=start_step
-            ),
-            par,
-            start_step=start_step,
-            end_step=end,
-            step_args=(teacher_params,),
-            check=functools.partial(_check_step, monitor=monitor, ckpt=ckpt),
-            log=log,
-            sync_due=save_due,
-            after_step=save,
+        train_batches = _train_iterator(
+            config, train_source, par, num_classes, seed=config.seed, start_step=start_step
         )
+        pending = loop.PendingMetrics()
+        for step in range(start_step, end):
+            # Dispatched without waiting: the step's metrics stay on the devices for now.
+            batch = par.shard_batch(next(train_batches))
+            state, metrics = compiled_train_step(state, batch, teacher_params)
+            pending.add(step, metrics)
+            train_log.tick()
+            done = step + 1  # steps done
+            # What this step is due for. The last step's evaluation and save (done == total)
+            # are the final evaluation's, after the loop.
+            log_now = train_log.due(done)
+            eval_now = done < total and bool(config.eval_every_steps)
+            eval_now = eval_now and done % config.eval_every_steps == 0
+            save_now = done < total and (done == end or eval_now or ckpt.should_save(done))
+            if not (log_now or save_now or done == end):
+                continue
+            # A sync step: the metrics of every step since the last one reach the host in one
+            # transfer, and each is checked, in order, before anything after it is logged or kept.
+            for pending_step, host_metrics in pending.to_host(par):
+                _check_step(host_metrics, pending_step, monitor=monitor, ckpt=ckpt)
+            if log_now:
+                train_log.write(done, host_metrics)
+            eval_summary = evaluate(done, state)[1] if eval_now else None
+            if save_now:  # the state is unreplicated only to be saved
+                ckpt.save(
+                    done,
+                    par.unreplicate(state),
+                    metrics=eval_summary,
+                    extra={"data_step": done, **checkpoint_extra},
+                    force=eval_now or done == end,
+                )
         bar.close()
         final_step = int(par.host(state.step))
         if final_step < total:
             ckpt.wait()
             result = {"stopped_at_step": final_step, "steps": final_step, "mode": config.mode}
         else:
-            cm = save(total, state, final=True)
+            cm, summary = evaluate(total, state)
+            final_state = par.unreplicate(state)
+            ckpt.save(
+                total,
+                final_state,
+                metrics=summary,
+                extra={"data_step": total, **checkpoint_extra},
+                force=True,
+            )
             result = runs.final_metrics(
                 config,
                 cm,
                 class_names,
-                par.unreplicate(state).params,
+                final_state.params,
                 config_fingerprint=ckpt.config_fingerprint,
                 teacher_params_fingerprint=teacher.fingerprint,
             )

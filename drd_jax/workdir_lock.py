@@ -25,6 +25,7 @@ import pathlib
 import socket
 import sys
 
+from drd_jax.errors import UserError
 from drd_jax.files import UnusableDirectoryError, check_writable_dir
 
 __all__ = ["LOCK_NAME", "WorkdirLock", "WorkdirLockedError"]
@@ -32,10 +33,8 @@ __all__ = ["LOCK_NAME", "WorkdirLock", "WorkdirLockedError"]
 LOCK_NAME = ".lock"
 
 
-class WorkdirLockedError(RuntimeError):
+class WorkdirLockedError(UserError, RuntimeError):
     """Another live process holds the workdir (the message names it, its pid and host)."""
-
-    user_error = True  # entry points print it as one line (experiments/cli.py)
 
 
 def _holder_text(path: pathlib.Path) -> str:

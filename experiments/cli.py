@@ -10,7 +10,8 @@
   traceback; so does every error with ``--verbosity=1`` (``-v 1``).
 * **A quiet default log.** Our own INFO lines (progress, results) and every library's warnings
   are shown; library INFO (orbax, TFDS, JAX's platform probing), TFDS's progress bars in a
-  non-TTY log and known harmless warnings (:data:`NOISE`) are not. ``--verbosity=1`` shows
+  non-TTY log and known harmless warnings (:data:`NOISE`) are not; nor are orbax's per-save
+  lines and the echoes of a failed save (``experiments.quiet_orbax``). ``--verbosity=1`` shows
   everything.
 * **Help lists the config's fields.** ``--help`` (``-h``, ``-?``, ``--helpshort``;
   ``--helpfull`` for every module's flags) with a ``--config=<file>[:<variant>]`` prints absl's
@@ -19,12 +20,11 @@
   grouped by section (``drd_jax.config.describe_fields``), and exits 0 without running anything.
   Without ``--config`` the help says how to list them (:func:`print_help`).
 
-A user error is an exception of :data:`USER_ERROR_TYPES` raised by one of
-:data:`CHECKING_MODULES`, the code that checks what the user gave (configs, flags, workdirs,
-datasets, weight files), an ``app.UsageError``, or any exception whose class says so with
-``user_error = True`` (optionally ``exit_status = <int>``, default 2; e.g. a workdir held by
-another run, a full disk). The same ``ValueError`` raised deeper (in the ops, the model, JAX) is a
-bug and keeps its traceback.
+A user error is a ``drd_jax.errors.UserError`` (a bad config value or flag, a file, dataset,
+workdir or checkpoint that cannot be used, a workdir held by another run, a full disk), wherever
+it is raised, or an ``app.UsageError``; it exits with the error's ``exit_status`` (2, a full disk
+1). Any other exception is a bug and keeps its traceback, even a ``ValueError`` raised where the
+checks live.
 """
 
 from __future__ import annotations
@@ -34,19 +34,19 @@ import logging as std_logging
 import pathlib
 import re
 import sys
-import traceback
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from absl import app, flags
 from absl import logging as absl_logging
 
+from drd_jax.errors import UserError
+from experiments import quiet_orbax
+
 __all__ = [
-    "CHECKING_MODULES",
     "HELP_ARGS",
     "NOISE",
     "USAGE_EXIT",
-    "USER_ERROR_TYPES",
     "fail",
     "is_user_error",
     "parse_flags",
@@ -60,26 +60,6 @@ __all__ = [
 USAGE_EXIT = 2  # as argparse (and tfds_builders.build) exit on a usage error
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 OUR_PACKAGES = tuple(str(ROOT / name) + "/" for name in ("drd_jax", "experiments", "tfds_builders"))
-USER_ERROR_TYPES = (
-    ValueError,
-    FileNotFoundError,
-    NotADirectoryError,
-    IsADirectoryError,
-    PermissionError,
-)
-# Repository paths (files, or folders ending in '/') whose raised USER_ERROR_TYPES are user errors.
-CHECKING_MODULES = (
-    "drd_jax/config.py",
-    "drd_jax/checkpointing.py",
-    "drd_jax/runs.py",
-    "drd_jax/train.py",
-    "drd_jax/input_pipeline.py",
-    "drd_jax/pretrained.py",
-    "drd_jax/parallel.py",
-    "drd_jax/data/",
-    "experiments/",
-    "tfds_builders/",
-)
 # The arguments that ask for help ('short': the main module's flags, 'full': every module's).
 HELP_ARGS = {
     "--help": "short",
@@ -329,34 +309,17 @@ def _last_line(error: BaseException) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
-def _raised_in(error: BaseException) -> str | None:
-    """The repository-relative path of the file that raised ``error`` (None: outside it)."""
-    tb = error.__traceback__
-    if tb is None:
-        return None
-    filename = pathlib.Path(traceback.extract_tb(tb)[-1].filename).resolve()
-    try:
-        return filename.relative_to(ROOT).as_posix()
-    except ValueError:
-        return None
-
-
 def is_user_error(error: BaseException) -> bool:
     """True for a fault in what the user gave (see the module docstring), not a bug."""
-    if isinstance(error, app.UsageError) or getattr(error, "user_error", False) is True:
-        return True
-    if not isinstance(error, USER_ERROR_TYPES):
-        return False
-    where = _raised_in(error)
-    return where is not None and any(
-        where == m or (m.endswith("/") and where.startswith(m)) for m in CHECKING_MODULES
-    )
+    return isinstance(error, (UserError, app.UsageError))
 
 
 def _guarded(main: Callable):
-    """``main`` with user errors reported in one line (exit status 2) unless verbose."""
+    """``main`` with user errors reported in one line (exit status: the error's
+    ``exit_status``, 2 for an ``app.UsageError``) unless verbose."""
 
     def guarded(argv):
+        quiet_orbax.install()  # the filters check the verbosity as they run
         if not verbose():
             quiet_logs()
         try:
@@ -364,7 +327,7 @@ def _guarded(main: Callable):
         except Exception as e:  # noqa: BLE001 - re-raised unless a user error
             if verbose() or not is_user_error(e):
                 raise
-            fail(str(e), int(getattr(e, "exit_status", USAGE_EXIT)))
+            fail(str(e), getattr(e, "exit_status", USAGE_EXIT))
 
     return guarded
 

@@ -47,6 +47,7 @@ from collections.abc import Sequence
 from absl import flags
 
 from drd_jax import serving
+from drd_jax.errors import UserError
 from drd_jax.files import DiskFullError
 from experiments import cli
 
@@ -91,10 +92,8 @@ def define_flags() -> None:
     flags.mark_flags_as_required(["checkpoint", "output"])
 
 
-class ExportError(Exception):
+class ExportError(UserError):
     """A fault to report to the user in one line (``experiments.cli``), nothing written."""
-
-    user_error = True
 
 
 def teacher_refusal(checkpoint) -> str:

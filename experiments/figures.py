@@ -17,6 +17,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from drd_jax import input_pipeline
+from drd_jax.errors import ConfigError
 from drd_jax.files import atomic_write_bytes
 from drd_jax.metric_writers import read_jsonl
 from drd_jax.runs import RunCheckpoint
@@ -65,7 +66,7 @@ def qualitative_figure(
       depth_title: the depth column's title (e.g. which runs see it).
     """
     if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
-        raise ValueError(f"num_images must be an int >= 1, got {num_images!r}")
+        raise ConfigError(f"num_images must be an int >= 1, got {num_images!r}")
     plt = _pyplot()
     first = next(iter(runs.values()))
     class_names = first.class_names

@@ -30,6 +30,8 @@ import threading
 
 from absl import flags, logging
 
+from drd_jax.errors import ConfigError
+
 __all__ = [
     "DEFAULT_TIMEOUT_S",
     "define_flags",
@@ -94,23 +96,23 @@ def initialize_arguments(
     given = {k: v for k, v in zip(_COORDINATES, values, strict=True) if v is not None}
     if not multihost:
         if given:
-            raise ValueError(f"--{next(iter(given))} needs --multihost")
+            raise ConfigError(f"--{next(iter(given))} needs --multihost")
         return None
     if not given:
         return {}
     missing = [f"--{name}" for name in _COORDINATES if name not in given]
     if missing:
-        raise ValueError(
+        raise ConfigError(
             f"give --coordinator_address, --num_processes and --process_id together (or none, "
             f"to auto-detect); missing {', '.join(missing)}"
         )
     host, sep, port = coordinator_address.rpartition(":")
     if not sep or not host or not port.isdigit():
-        raise ValueError(f"--coordinator_address must be HOST:PORT, got {coordinator_address!r}")
+        raise ConfigError(f"--coordinator_address must be HOST:PORT, got {coordinator_address!r}")
     if num_processes < 1:
-        raise ValueError(f"--num_processes must be >= 1, got {num_processes}")
+        raise ConfigError(f"--num_processes must be >= 1, got {num_processes}")
     if not 0 <= process_id < num_processes:
-        raise ValueError(f"--process_id must be in [0, {num_processes}), got {process_id}")
+        raise ConfigError(f"--process_id must be in [0, {num_processes}), got {process_id}")
     return dict(given)
 
 
@@ -134,7 +136,7 @@ def start_job(kwargs: dict, timeout_s: int) -> None:
     import jax
 
     if isinstance(timeout_s, bool) or not isinstance(timeout_s, int) or timeout_s < 1:
-        raise ValueError(f"--coordinator_timeout must be an int >= 1 (seconds), got {timeout_s!r}")
+        raise ConfigError(f"--coordinator_timeout must be an int >= 1 (seconds), got {timeout_s!r}")
     address = kwargs.get("coordinator_address")
     where = f"the coordinator at {address}" if address else "the auto-detected coordinator"
     logging.info("waiting for %s (timeout %d s)", where, timeout_s)
@@ -157,7 +159,7 @@ def start_job(kwargs: dict, timeout_s: int) -> None:
     except ValueError as e:
         if address:
             raise
-        raise ValueError(
+        raise ConfigError(
             f"--multihost: found no cluster to auto-detect the job's coordinates from (SLURM, "
             f"Open MPI, Cloud TPU; JAX: {str(e).strip()}); {_NEED_COORDINATES}"
         ) from e

@@ -32,6 +32,8 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from drd_jax.errors import ConfigError
+
 __all__ = [
     "ALPHAS",
     "BETAS",
@@ -149,7 +151,7 @@ def check_kd_methods(methods: Iterable[str] | None) -> list[str]:
     methods = list(KD_METHODS) if methods is None else list(methods)
     unknown = [m for m in methods if m not in KD_METHODS]
     if unknown or not methods:
-        raise ValueError(
+        raise ConfigError(
             f"unknown distillation methods {unknown or methods}; expected some of "
             f"{list(KD_METHODS)}"
         )
@@ -221,7 +223,7 @@ def table_rows(
                 Row("kd", f"BL+PS+{method}", runs[f"{key}_ps"], method),
             ]
         return rows
-    raise ValueError(f"unknown table {table!r}; expected one of {TABLES}")
+    raise ConfigError(f"unknown table {table!r}; expected one of {TABLES}")
 
 
 def runs_in_order(rows: Iterable[Row]) -> list[Run]:

@@ -57,6 +57,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from drd_jax.errors import ConfigError
 from experiments import cli, multihost
 
 FLAGS = flags.FLAGS
@@ -75,7 +76,7 @@ def parse_tables(value: str) -> list[str]:
     tables = [t.strip() for t in str(value).split(",") if t.strip()]
     bad = [t for t in tables if t not in TABLES]
     if not tables or bad:
-        raise ValueError(f"--table: expected one or more of {', '.join(TABLES)}, got {value!r}")
+        raise ConfigError(f"--table: expected one or more of {', '.join(TABLES)}, got {value!r}")
     return list(dict.fromkeys(tables))
 
 
@@ -88,18 +89,18 @@ def parse_kd_methods(methods: list[str] | None) -> list[str] | None:
     try:
         return check_kd_methods(methods)
     except ValueError as e:
-        raise ValueError(f"--kd_methods: {e}") from e
+        raise ConfigError(f"--kd_methods: {e}") from e
 
 
 def check_options(tables: list[str], *, figure_images: int, kd_methods) -> None:
     """``--figure_images`` is an int >= 0 (0 = no ``fig4.png``) and ``--kd_methods`` is given only
     with table kd (the only table it changes); ``ValueError`` naming the flag otherwise."""
     if isinstance(figure_images, bool) or not isinstance(figure_images, int) or figure_images < 0:
-        raise ValueError(
+        raise ConfigError(
             f"--figure_images must be an int >= 0 (0 = no {FIGURE}), got {figure_images!r}"
         )
     if kd_methods is not None and "kd" not in tables:
-        raise ValueError(
+        raise ConfigError(
             f"--kd_methods chooses the rows of table kd only, but --table={','.join(tables)}; "
             "add kd to --table or drop --kd_methods"
         )
@@ -126,7 +127,7 @@ def train_or_reuse(config, workdir: pathlib.Path) -> tuple[dict, float, bool]:
     start = time.perf_counter()
     result = train.train_and_evaluate(config, workdir)
     if "stopped_at_step" in result:
-        raise RuntimeError(
+        raise ConfigError(
             f"{workdir} stopped at step {result['stopped_at_step']} (config.stop_after_steps); "
             "rerun without it to finish the tables"
         )

@@ -22,6 +22,8 @@ import sys
 
 from absl import app, flags
 
+from drd_jax.errors import CheckpointError, ConfigError, MissingFileError
+
 FLAGS = flags.FLAGS
 
 METRICS = (("mean_iou", "mIoU"), ("mean_pixel_accuracy", "mPA"))
@@ -33,11 +35,11 @@ def read_results(workdir: str | pathlib.Path) -> dict:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{path}: not found; run experiments.reproduce with --workdir={workdir} first"
         ) from None
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
 
 
 def mean_sd(values: list[float]) -> str:
@@ -56,7 +58,7 @@ def seed_table(results: list[dict], labels: list[str]) -> str:
     seeds = [r.get("config", {}).get("seed") for r in results]
     for label, body in zip(labels, results, strict=True):
         if body["tables"].keys() != first["tables"].keys():
-            raise ValueError(f"{label}: tables {list(body['tables'])} differ from {labels[0]}'s")
+            raise ConfigError(f"{label}: tables {list(body['tables'])} differ from {labels[0]}'s")
     out = [
         f"{len(results)} seed(s) {seeds}: mean ± sd (sample) over seeds.",
     ]
@@ -66,7 +68,7 @@ def seed_table(results: list[dict], labels: list[str]) -> str:
         for i, entry in enumerate(entries):
             rows = [body["tables"][table][i] for body in results]
             if any(r["row"] != entry["row"] for r in rows):
-                raise ValueError(f"table {table}: rows differ between the workdirs")
+                raise ConfigError(f"table {table}: rows differ between the workdirs")
             cells = [mean_sd([r["ours"][k] for r in rows]) for k, _ in METRICS]
             per_seed = ", ".join(f"{r['ours']['mean_iou']:.1f}" for r in rows)
             out.append(f"| {entry['row']} | {entry['input']} | {' | '.join(cells)} | {per_seed} |")

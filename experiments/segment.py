@@ -50,6 +50,7 @@ import numpy as np
 from absl import flags
 from PIL import Image, ImageOps
 
+from drd_jax.errors import UserError
 from experiments import cli
 
 _CHECKPOINT = flags.DEFINE_string(
@@ -93,8 +94,10 @@ DEPTH_EXPECTED = "expected a 16-bit PNG in millimetres or a .npy float array (H,
 MAX_CLASSES = 255  # uint8 label PNG and drd_jax.visualize.class_palette
 
 
-class SegmentError(Exception):
+class SegmentError(UserError):
     """A fault to report to the user (one line per problem), exit status 1."""
+
+    exit_status = 1
 
 
 class Input(NamedTuple):

@@ -20,11 +20,13 @@ LIBRARY = ROOT / "drd_jax"
 # gets a layer here.
 LAYERS = {
     "drd_jax": 0,
+    "drd_jax.errors": 0,
     "drd_jax.files": 0,
     "drd_jax.workdir_lock": 0,
     "drd_jax.extras": 0,
-    "drd_jax.data": 0,
-    "drd_jax.data.transforms": 0,
+    "drd_jax.json_values": 0,
+    "drd_jax.data": 1,
+    "drd_jax.data.transforms": 1,
     "drd_jax.ops": 1,
     "drd_jax.ops.windows": 1,
     "drd_jax.ops.depth_pool": 1,

@@ -6,6 +6,9 @@ import logging
 import os
 import pathlib
 import shutil
+import subprocess
+import sys
+import warnings
 
 import flax.linen as nn
 import jax
@@ -19,12 +22,13 @@ from flax.training import train_state
 from drd_jax.checkpointing import (
     Checkpointer,
     UnreadableCheckpointError,
-    config_fingerprint,
     state_digest,
 )
+from drd_jax.config import hash_config
 from drd_jax.files import DiskFullError
+from experiments import quiet_orbax
 
-FP = config_fingerprint({"model": "tiny", "lr": 0.1})
+FP = hash_config({"model": "tiny", "lr": 0.1})
 
 
 class TinyMLP(nn.Module):
@@ -143,15 +147,15 @@ def test_min_mode(tmp_path):
 
 def test_mismatched_config_is_refused(tmp_path):
     cfg = {"lr": 0.1, "workdir": "/a"}
-    fp = config_fingerprint(cfg, ignore=("workdir",))
+    fp = hash_config(cfg, ignore=("workdir",))
     c = ckpt(tmp_path, config_fingerprint=fp, config=cfg)
     c.save(1000, make_state())
     c.close()
     on_disk = json.loads((tmp_path / "work" / "config.json").read_text())
     assert on_disk == {"config_fingerprint": fp, "config": cfg}
-    same = config_fingerprint({"workdir": "/b", "lr": 0.1}, ignore=["workdir"])
+    same = hash_config({"workdir": "/b", "lr": 0.1}, ignore=["workdir"])
     ckpt(tmp_path, config_fingerprint=same).close()  # workdir ignored: same run
-    other = config_fingerprint({"lr": 0.2, "workdir": "/a"}, ignore=("workdir",))
+    other = hash_config({"lr": 0.2, "workdir": "/a"}, ignore=("workdir",))
     with pytest.raises(ValueError, match=r"work.*different config.*new workdir"):
         ckpt(tmp_path, config_fingerprint=other)
 
@@ -184,15 +188,13 @@ def test_interrupted_save_is_not_latest(tmp_path):
 
 
 def test_config_fingerprint_is_canonical():
-    a = config_fingerprint({"b": (1, 2), "a": {"y": np.float32(0.5), "x": "s"}})
-    b = config_fingerprint({"a": {"x": "s", "y": 0.5}, "b": [1, 2]})
+    a = hash_config({"b": (1, 2), "a": {"y": np.float32(0.5), "x": "s"}})
+    b = hash_config({"a": {"x": "s", "y": 0.5}, "b": [1, 2]})
     assert a == b and len(a) == 64
-    assert a != config_fingerprint({"a": {"x": "s", "y": 0.5}, "b": [2, 1]})
-    assert config_fingerprint({"a": {"x": 1, "d": 2}}, ignore=["a.d"]) == config_fingerprint(
-        {"a": {"x": 1}}
-    )
+    assert a != hash_config({"a": {"x": "s", "y": 0.5}, "b": [2, 1]})
+    assert hash_config({"a": {"x": 1, "d": 2}}, ignore=["a.d"]) == hash_config({"a": {"x": 1}})
     with pytest.raises(TypeError, match="not JSON"):
-        config_fingerprint({"f": object()})
+        hash_config({"f": object()})
 
 
 def test_bad_extra_is_rejected_before_writing(tmp_path):
@@ -379,7 +381,7 @@ def test_changed_content_is_caught_by_its_checksum(tmp_path, damage):
 
 def test_a_workdir_without_checkpoints_takes_a_new_config(tmp_path):
     ckpt(tmp_path).close()  # e.g. a run refused after config.json was written
-    other = config_fingerprint({"model": "tiny", "lr": 0.2})
+    other = hash_config({"model": "tiny", "lr": 0.2})
     ckpt(tmp_path, config_fingerprint=other, read_only=True).close()  # a reader changes nothing
     config_json = tmp_path / "work" / "config.json"
     assert json.loads(config_json.read_text())["config_fingerprint"] == FP
@@ -402,6 +404,84 @@ def orbax_records(records, below=logging.WARNING):
 
 
 @pytest.fixture
+def quiet_tools():
+    """The command-line tools' filters and hooks (``experiments.quiet_orbax``; the library installs
+    none: ``test_the_library_changes_no_hook_logger_or_warnings_filter``)."""
+    quiet_orbax.install()
+
+
+NO_SIDE_EFFECTS = r"""
+import json, logging, sys, warnings
+from absl import logging as absl_logging
+
+def snapshot():
+    loggers = ["", "absl", "asyncio", "orbax", "jax"]
+    return {
+        "excepthook": repr(sys.excepthook),
+        "unraisablehook": repr(sys.unraisablehook),
+        "showwarning": repr(warnings.showwarning),
+        "warning_filters": repr(warnings.filters),
+        "logger_filters": {n: repr(logging.getLogger(n).filters) for n in loggers},
+        "absl_handler_filters": repr(absl_logging.get_absl_handler().filters),
+        "absl_verbosity": absl_logging.get_verbosity(),
+    }
+
+# The libraries drd_jax builds on set their own filters when imported (numpy does): import them
+# first, so that the snapshots differ only by what drd_jax does.
+import numpy, jax, flax.linen, optax, orbax.checkpoint, ml_collections, tqdm  # noqa
+import tensorflow_datasets, grain, array_record, PIL.Image, scipy.io, h5py  # noqa
+before = snapshot()
+import pkgutil, importlib, pathlib, os
+import drd_jax
+for m in pkgutil.walk_packages(drd_jax.__path__, "drd_jax."):
+    importlib.import_module(m.name)
+import jax.numpy as jnp
+from drd_jax.checkpointing import Checkpointer, UnreadableCheckpointError
+work = pathlib.Path(sys.argv[1])
+c = Checkpointer(work, config_fingerprint="fp", save_interval_steps=1)
+c.save(1, {"w": jnp.ones((64, 64))})
+c.save(2, {"w": jnp.ones((64, 64))}, metrics={"mean_iou": 0.5})
+c.close()
+big = max((p for p in (work / "checkpoints" / "2").rglob("*") if p.is_file()),
+          key=lambda p: p.stat().st_size)
+os.truncate(big, big.stat().st_size // 2)
+reader = Checkpointer(work, config_fingerprint="fp", read_only=True)
+reader.metrics(2)
+try:
+    reader.restore(2, target={"w": jnp.zeros((64, 64))})
+except UnreadableCheckpointError:
+    pass
+reader.close()
+after = snapshot()
+print(json.dumps({"same": before == after, "before": before, "after": after}))
+"""
+
+
+def test_the_library_changes_no_hook_logger_or_warnings_filter(tmp_path):
+    """Importing every drd_jax module, saving, reading and failing to restore a checkpoint leave
+    the process's hooks, logger filters, warnings filters and absl verbosity as they were."""
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_SIDE_EFFECTS, str(tmp_path / "work")],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["same"], (result["before"], result["after"])
+
+
+def test_the_tools_install_their_filters_once(quiet_tools):
+    hooks = (sys.excepthook, sys.unraisablehook, warnings.showwarning)
+    filters = list(logging.getLogger("absl").filters)
+    quiet_orbax.install()
+    assert (sys.excepthook, sys.unraisablehook, warnings.showwarning) == hooks
+    assert logging.getLogger("absl").filters == filters
+
+
+@pytest.fixture
 def absl_info():
     """absl (hence orbax) logging at INFO, as under ``absl.app`` with the default verbosity."""
     old = absl_logging.get_verbosity()
@@ -410,7 +490,7 @@ def absl_info():
     absl_logging.set_verbosity(old)
 
 
-def test_orbax_is_quiet_by_default(tmp_path, caplog, absl_info):
+def test_the_tools_keep_orbax_quiet_by_default(tmp_path, caplog, absl_info, quiet_tools):
     with caplog.at_level(logging.INFO):
         c = ckpt(tmp_path, save_interval_steps=1, async_save=True)
         c.save(1, make_state())  # no metrics: orbax would warn 'Requested tracked_metric'
@@ -437,7 +517,7 @@ def test_a_reader_asking_for_metrics_is_quiet(tmp_path, caplog):
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
 
 
-def test_after_a_failed_read_abandoned_reads_are_not_printed(tmp_path):
+def test_after_a_failed_read_abandoned_reads_are_not_printed(tmp_path, quiet_tools):
     """Each array of a failed restore whose read orbax abandons ends as asyncio's "exception was
     never retrieved" with a traceback: after the one-line error, they say nothing more."""
     save_steps(tmp_path, (1,))
@@ -452,7 +532,7 @@ def test_after_a_failed_read_abandoned_reads_are_not_printed(tmp_path):
     assert not logging.getLogger("asyncio").filter(record)
 
 
-def test_orbax_logs_again_at_verbosity_1(tmp_path, caplog, absl_info):
+def test_orbax_logs_again_at_verbosity_1(tmp_path, caplog, absl_info, quiet_tools):
     absl_logging.set_verbosity(1)  # what `--verbosity=1` sets
     with caplog.at_level(logging.DEBUG):
         c = ckpt(tmp_path, save_interval_steps=1)

@@ -5,14 +5,19 @@ The commands run in subprocesses (absl parses flags once per process); the error
 any training, so each takes only the start-up time.
 """
 
+import ast
 import json
 import pathlib
 import subprocess
 import sys
 
 import pytest
+from absl import app
 from helpers import run_command
 
+from drd_jax.errors import ConfigError, DataError, UserError
+from drd_jax.files import DiskFullError
+from drd_jax.workdir_lock import WorkdirLockedError
 from experiments import cli
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -149,7 +154,7 @@ def _raised(fn):
     raise AssertionError("did not raise")
 
 
-def test_user_errors_are_raised_by_the_checking_modules_only():
+def test_a_user_error_is_one_line_wherever_it_is_raised_and_a_bug_keeps_its_traceback():
     import jax.numpy as jnp
     from ml_collections import ConfigDict
 
@@ -157,7 +162,8 @@ def test_user_errors_are_raised_by_the_checking_modules_only():
     from drd_jax import ops
 
     config_error = _raised(lambda: config_lib.validate_config(ConfigDict({"mode": "x"})))
-    assert isinstance(config_error, ValueError) and cli.is_user_error(config_error)
+    assert isinstance(config_error, ConfigError) and isinstance(config_error, ValueError)
+    assert cli.is_user_error(config_error)
     shape_bug = _raised(lambda: jnp.zeros((2, 3)).reshape(4))  # raised inside JAX
     assert isinstance(shape_bug, (ValueError, TypeError)) and not cli.is_user_error(shape_bug)
     op_bug = _raised(  # a check of the ops, hit by a caller's bug: keeps its traceback
@@ -165,27 +171,104 @@ def test_user_errors_are_raised_by_the_checking_modules_only():
     )
     assert isinstance(op_bug, ValueError) and not cli.is_user_error(op_bug)
     assert not cli.is_user_error(_raised(lambda: {}["key"]))
+    # The class decides, not the module that raises it (here: this test module).
+    assert cli.is_user_error(_raised(_raise(DataError("a damaged record"))))
+    held = _raised(_raise(WorkdirLockedError("held by another run")))
+    assert isinstance(held, RuntimeError) and cli.is_user_error(held)
+    assert not cli.is_user_error(_raised(_raise(ValueError("a bug"))))
+    assert not cli.is_user_error(_raised(_raise(RuntimeError("a bug"))))
+    assert cli.is_user_error(_raised(_raise(app.UsageError("a bad flag"))))
 
-    class Held(RuntimeError):  # e.g. a workdir lock held by another run, raised anywhere
-        user_error = True
 
-    assert cli.is_user_error(Held("held")) and not cli.is_user_error(RuntimeError("bug"))
+def _raise(error):
+    def fn():
+        raise error
+
+    return fn
 
 
-def test_a_marked_user_error_exits_with_its_status(capsys, monkeypatch):
+def test_a_user_error_exits_with_its_status(capsys, monkeypatch):
     monkeypatch.setattr(cli, "quiet_logs", lambda: None)  # no filter in the test process
 
-    class DiskFull(OSError):
-        user_error = True
-        exit_status = 1
-
     def main(argv):
-        raise DiskFull("no space left on /x: 3 MiB needed")
+        raise DiskFullError("no space left on /x: 3 MiB needed", "/x")
 
     with pytest.raises(SystemExit) as info:
         cli._guarded(main)(["prog"])
-    assert info.value.code == 1
+    assert info.value.code == 1 == DiskFullError.exit_status
     assert capsys.readouterr().err == "error: no space left on /x: 3 MiB needed\n"
+
+    class Refused(ConfigError):
+        """Raised in a test module, outside the library: still one line, status 2."""
+
+    def refuse(argv):
+        raise Refused("--flag: refused")
+
+    with pytest.raises(SystemExit) as info:
+        cli._guarded(refuse)(["prog"])
+    assert info.value.code == 2 == UserError.exit_status
+    assert capsys.readouterr().err == "error: --flag: refused\n"
+
+
+def test_a_plain_value_error_raised_in_the_trainer_keeps_its_traceback(capsys, monkeypatch):
+    """A ValueError that is not a UserError is a bug, even when the trainer's own code raises
+    it: ``cli`` re-raises it (``app.run`` prints its traceback) and prints no error line."""
+    import traceback
+
+    from drd_jax import train
+
+    monkeypatch.setattr(cli, "quiet_logs", lambda: None)
+    # int() is a builtin: its ValueError is raised by train_and_evaluate's own line.
+    monkeypatch.setattr(train, "validate_config", int)
+
+    def main(argv):
+        return train.train_and_evaluate("not a config", "/nonexistent/run")
+
+    with pytest.raises(ValueError, match="invalid literal for int") as info:
+        cli._guarded(main)(["prog"])
+    assert not isinstance(info.value, UserError) and not cli.is_user_error(info.value)
+    raised_in = traceback.extract_tb(info.value.__traceback__)[-1].filename
+    assert pathlib.Path(raised_in) == REPO_ROOT / "drd_jax" / "train.py"
+    assert capsys.readouterr().err == ""
+
+
+# Identifiers of the old rule (a user error by the file that raised it, or by a class attribute).
+OLD_RULE_NAMES = {"CHECKING_MODULES", "USER_ERROR_TYPES", "_raised_in", "user_error"}
+
+
+def _identifiers(tree: ast.AST):
+    """``(line, name)`` of every name, attribute, import, def, class and string in ``tree``."""
+    for node in ast.walk(tree):
+        line = getattr(node, "lineno", 0)
+        for attr in ("id", "attr", "name", "asname", "arg"):
+            name = getattr(node, attr, None)
+            if isinstance(name, str):
+                yield line, name
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            yield line, node.value
+
+
+def test_no_module_marks_user_errors_but_by_their_class():
+    """Every user error is a ``drd_jax.errors.UserError``: no class sets ``user_error``, and no
+    list of checking modules (or the other names of that rule) is left in the code."""
+    found = []
+    for package in ("drd_jax", "experiments", "tfds_builders"):
+        for path in sorted((REPO_ROOT / package).rglob("*.py")):
+            tree = ast.parse(path.read_text(), filename=str(path))
+            where = path.relative_to(REPO_ROOT)
+            for node in ast.walk(tree):
+                if not isinstance(node, ast.ClassDef):
+                    continue
+                for stmt in node.body:
+                    targets = getattr(stmt, "targets", None) or [getattr(stmt, "target", None)]
+                    if any(getattr(t, "id", None) == "user_error" for t in targets):
+                        found.append(f"{where}:{stmt.lineno}: class {node.name} sets user_error")
+            found += [
+                f"{where}:{line}: {name}"
+                for line, name in _identifiers(tree)
+                if name in OLD_RULE_NAMES
+            ]
+    assert not found, "\n".join(found)
 
 
 def test_unknown_override_names_the_close_fields():

@@ -1,9 +1,8 @@
-"""The asynchronous step loop: metrics reach the host only at sync steps, every step is still
-checked, in order, before anything after it is logged or kept."""
+"""The host side of the loops: pending step metrics reach the host in one transfer per sync step,
+oldest first (the loops themselves are tested through ``drd_jax.train`` in test_train.py)."""
 
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from drd_jax import loop
 
@@ -30,57 +29,21 @@ class Writer:
         self.rows.append((step, split, scalars["loss"]))
 
 
-def step_fn(state, batch):
-    loss = jnp.asarray(batch, jnp.float32)
-    return state + 1, {"loss": loss, "finite": jnp.isfinite(loss)}
+def test_pending_metrics_reach_the_host_in_one_transfer_oldest_first():
+    par = CountingParallel()
+    pending = loop.PendingMetrics()
+    for step in range(3, 8):
+        pending.add(step, {"loss": jnp.asarray(float(step)), "finite": jnp.asarray(True)})
+    assert len(pending) == 5
+    fetched = pending.to_host(par)
+    assert par.host_calls == 1  # five steps, one transfer
+    assert [step for step, _ in fetched] == [3, 4, 5, 6, 7]
+    assert [float(m["loss"]) for _, m in fetched] == [3.0, 4.0, 5.0, 6.0, 7.0]
+    assert all(isinstance(m["loss"], np.ndarray) for _, m in fetched)  # host arrays
+    assert len(pending) == 0 and pending.to_host(par) == []  # emptied; nothing more to bring
+    assert par.host_calls == 1
 
 
-def require_finite(checked):
-    def check(metrics, step):
-        checked.append(step)
-        if not bool(metrics["finite"]):
-            raise FloatingPointError(f"non-finite at step {step}")
-
-    return check
-
-
-def _run(losses, *, log_every, sync_due=None, checked, kept):
-    par, writer = CountingParallel(), Writer()
-    log = loop.TrainLog(writer, log_every_steps=log_every, end_step=len(losses), batch_size=1)
-    state = loop.run_steps(
-        step_fn,
-        0,
-        iter(losses),
-        par,
-        start_step=0,
-        end_step=len(losses),
-        check=require_finite(checked),
-        log=log,
-        sync_due=sync_due,
-        after_step=lambda step, state: kept.append((step, int(state))),
-    )
-    return state, par, writer
-
-
-def test_metrics_reach_the_host_only_at_log_and_sync_steps():
-    checked, kept = [], []
-    losses = [float(i) for i in range(12)]
-    state, par, writer = _run(
-        losses, log_every=5, sync_due=lambda step: step == 7, checked=checked, kept=kept
-    )
-    assert int(state) == 12
-    assert par.host_calls == 4  # steps 5, 7, 10 and the last (12): not one per step
-    assert checked == list(range(12))  # every step checked, in order
-    assert [row[0] for row in writer.rows] == [5, 10, 12]  # logged where due, with its own loss
-    assert [row[2] for row in writer.rows] == [4.0, 9.0, 11.0]
-    assert kept == [(5, 5), (7, 7), (10, 10), (12, 12)]  # after_step at the sync steps only
-
-
-def test_a_non_finite_step_between_syncs_stops_the_run_before_anything_later_is_kept():
-    checked, kept = [], []
-    losses = [1.0] * 12
-    losses[6] = float("nan")  # step 6: the loop learns of it at the sync after step 10
-    with pytest.raises(FloatingPointError, match="at step 6"):
-        _run(losses, log_every=5, checked=checked, kept=kept)
-    assert checked == list(range(7))  # steps 0..6, in order; the error at the first bad one
-    assert kept == [(5, 5)]  # nothing after step 5 kept
+def test_train_log_is_due_every_log_step_and_at_the_end():
+    log = loop.TrainLog(Writer(), log_every_steps=5, end_step=12, batch_size=1)
+    assert [s for s in range(1, 13) if log.due(s)] == [5, 10, 12]

@@ -16,14 +16,16 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import tiny
 
 from drd_jax import config as config_lib
-from drd_jax import input_pipeline, parallel, runs, steps, train
+from drd_jax import input_pipeline, loop, parallel, runs, steps, train
 from drd_jax import state as state_lib
 from drd_jax.checkpointing import Checkpointer, UnreadableCheckpointError
+from drd_jax.divergence import DivergenceMonitor
 from drd_jax.metric_writers import read_jsonl
 from experiments.configs import synthetic
 
@@ -308,6 +310,59 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
     assert int(state.step) == bad_step
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(state.params)))
     assert not (tmp_path / "final_metrics.json").exists()
+
+
+def test_metrics_reach_the_host_at_sync_steps_and_every_step_is_checked_before_a_later_save(
+    data_dir, tmp_path, monkeypatch
+):
+    """The loop dispatches steps without waiting. Their metrics reach the host only at a sync step
+    (logged: every 5; checkpointed: every 7); there every step since the previous sync is checked,
+    in order, before anything after it is logged or saved. Step 8 is made non-finite: the loop
+    learns of it at the sync after step 10, and nothing after step 7's checkpoint is kept."""
+    transfers, checked, saved = [], [], []
+    real_to_host, real_check, real_save = (
+        loop.PendingMetrics.to_host,
+        DivergenceMonitor.check,
+        Checkpointer.save,
+    )
+
+    def to_host(self, par):
+        fetched = real_to_host(self, par)
+        transfers.append([step for step, _ in fetched])
+        return fetched
+
+    def check(self, ce_loss):  # every finite step's cross-entropy, in the order checked
+        checked.append(ce_loss)
+        return real_check(self, ce_loss)
+
+    def save(self, step, state, **kw):
+        saved.append(step)
+        return real_save(self, step, state, **kw)
+
+    def poisoned_train_step(*args, **kwargs):
+        step_fn = steps.make_train_step(*args, **kwargs)
+
+        def step(state, batch, *rest, **kw):
+            new_state, metrics = step_fn(state, batch, *rest, **kw)
+            finite = jnp.where(state.step == 8, False, metrics["finite"])
+            return new_state, {**metrics, "finite": finite}
+
+        return step
+
+    monkeypatch.setattr(loop.PendingMetrics, "to_host", to_host)
+    monkeypatch.setattr(DivergenceMonitor, "check", check)
+    monkeypatch.setattr(Checkpointer, "save", save)
+    monkeypatch.setattr(train, "make_train_step", poisoned_train_step)
+    c = tiny(data_dir, num_train_steps=12, log_every_steps=5, checkpoint_every_steps=7)
+    with pytest.raises(FloatingPointError, match="at step 8"):
+        train.train_and_evaluate(c, tmp_path)
+    assert transfers == [[0, 1, 2, 3, 4], [5, 6], [7, 8, 9]]  # at steps 5, 7 and 10 only
+    # Steps 0..7 checked, in order (their losses are those logged), then step 8 stops the run.
+    assert len(checked) == 8
+    assert saved == [7]  # nothing after the bad step is kept
+    train_rows = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if r["split"] == "train"]
+    assert [r["step"] for r in train_rows] == [5]  # logged where due, up to the bad step
+    assert train_rows[0]["scalars"]["ce_loss"] == checked[4]  # step 5's (index 4), checked first
 
 
 @pytest.mark.parametrize(

@@ -39,6 +39,8 @@ import numpy as np
 import scipy.io
 from absl import logging
 
+from drd_jax.errors import ConfigError, DataError, MissingFileError, UserError
+
 PathLike = str | os.PathLike
 
 # h5py chunk cache per open dataset: big enough for a compressed chunk that spans a few frames,
@@ -46,27 +48,27 @@ PathLike = str | os.PathLike
 CHUNK_CACHE_BYTES = 32 << 20
 
 
-class DataPreparationError(Exception):
+class DataPreparationError(UserError):
     """Base class of every error a builder raises on bad manual-download input."""
 
 
-class MissingFilesError(DataPreparationError, FileNotFoundError):
+class MissingFilesError(DataPreparationError, MissingFileError):
     """A required manual-download file is absent; the message lists what and where to get it."""
 
 
-class InvalidFileError(DataPreparationError, ValueError):
+class InvalidFileError(DataPreparationError, DataError):
     """A manual-download file exists but cannot be read or is not the expected file."""
 
 
-class InvalidFrameError(DataPreparationError, ValueError):
+class InvalidFrameError(DataPreparationError, DataError):
     """One frame of an otherwise readable download is inconsistent (sizes, label values)."""
 
 
-class UnknownConfigError(ValueError):
+class UnknownConfigError(ConfigError):
     """A builder config name that the builder does not have; the message lists the ones it has."""
 
 
-class DatasetInfoError(ValueError):
+class DatasetInfoError(DataError):
     """The ``dataset_info.json`` of a prepared dataset does not load (not JSON, cut short,
     unreadable): the dataset on disk is damaged and must be rebuilt.
 

@@ -44,6 +44,7 @@ from collections.abc import Sequence
 import tensorflow_datasets as tfds
 
 import tfds_builders
+from drd_jax.errors import ConfigError
 from tfds_builders import _common
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -56,7 +57,7 @@ NOISE = (
 )
 
 
-class UsageError(ValueError):
+class UsageError(ConfigError):
     """A bad command line: unknown dataset name or config, or a flag's value refused."""
 
 

@@ -24,6 +24,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from drd_jax.errors import DataError
+
 IGNORE_LABEL = 255
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -49,7 +51,7 @@ def map_labels(label: np.ndarray, num_classes: int) -> np.ndarray:
     """Stored labels (0 = void, 1..num_classes) -> int32 0..num_classes-1 with 255 = void."""
     label = np.asarray(label)
     if label.size and int(label.max()) > num_classes:
-        raise ValueError(
+        raise DataError(
             f"label value {int(label.max())} exceeds num_classes={num_classes} "
             "(stored labels must be 0 = void or 1..num_classes)"
         )
@@ -64,9 +66,9 @@ def prepare(example: Mapping[str, np.ndarray], num_classes: int) -> dict[str, np
     depth = np.asarray(example["depth"], np.float32)
     label = np.asarray(example["label"])
     if image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f"image must be (H, W, 3), got shape {image.shape}")
+        raise DataError(f"image must be (H, W, 3), got shape {image.shape}")
     if depth.shape != image.shape[:2] or label.shape != image.shape[:2]:
-        raise ValueError(
+        raise DataError(
             f"image {image.shape}, depth {depth.shape} and label {label.shape} must share (H, W)"
         )
     return {

@@ -184,17 +184,16 @@ def pretrain_autoencoder(
     )
     try:
         log_eval(0, ae_state.params)
-        ae_state = loop.run_steps(
-            step_fn,
-            ae_state,
-            batches,
-            par,
-            start_step=0,
-            end_step=steps,
-            step_args=(teacher_params,),
-            check=_require_finite,
-            log=log,
-        )
+        pending = loop.PendingMetrics()
+        for step in range(steps):
+            batch = par.shard_batch(next(batches))
+            ae_state, metrics = step_fn(ae_state, batch, teacher_params)
+            pending.add(step, metrics)
+            log.tick()
+            if log.due(step + 1):  # a sync step: one host transfer, every step checked in order
+                for pending_step, host_metrics in pending.to_host(par):
+                    _require_finite(host_metrics, pending_step)
+                log.write(step + 1, host_metrics)
         log_eval(steps, ae_state.params)
     finally:
         writer.close()

@@ -90,35 +90,44 @@ class Term:
         return f"{self.name}_loss"
 
 
-def _vtce(d: Distillation, x: TermInputs) -> jax.Array:
+def _vtce(distillation: Distillation, inputs: TermInputs) -> jax.Array:
     return losses.vtce_loss(
-        x.student_logits, x.teacher_logits, temperature=x.temperature, where=x.valid
+        inputs.student_logits,
+        inputs.teacher_logits,
+        temperature=inputs.temperature,
+        where=inputs.valid,
     )
 
 
-def _pixel_kd(d: Distillation, x: TermInputs) -> jax.Array:
-    return losses.pixelwise_kd_loss(x.student_logits, x.teacher_logits, where=x.valid)
+def _pixel_kd(distillation: Distillation, inputs: TermInputs) -> jax.Array:
+    return losses.pixelwise_kd_loss(
+        inputs.student_logits, inputs.teacher_logits, where=inputs.valid
+    )
 
 
-def _pair_kd(d: Distillation, x: TermInputs) -> jax.Array:
+def _pair_kd(distillation: Distillation, inputs: TermInputs) -> jax.Array:
     return losses.pairwise_similarity_loss(
-        x.student_features, x.teacher_features, node_scale=d.pair_kd_node_scale
+        inputs.student_features, inputs.teacher_features, node_scale=distillation.pair_kd_node_scale
     )
 
 
-def _holistic_kd(d: Distillation, x: TermInputs) -> jax.Array:
-    scores = d.critic.apply({"params": x.critic_params}, jax.nn.softmax(x.student_logits))
+def _holistic_kd(distillation: Distillation, inputs: TermInputs) -> jax.Array:
+    scores = distillation.critic.apply(
+        {"params": inputs.critic_params}, jax.nn.softmax(inputs.student_logits)
+    )
     return losses.wgan_generator_loss(scores)
 
 
-def _adaptation(d: Distillation, x: TermInputs) -> jax.Array:
-    return losses.knowledge_adaptation_loss(x.student_code, x.teacher_code)
+def _adaptation(distillation: Distillation, inputs: TermInputs) -> jax.Array:
+    return losses.knowledge_adaptation_loss(inputs.student_code, inputs.teacher_code)
 
 
-def _affinity(d: Distillation, x: TermInputs) -> jax.Array:
-    if d.uses_autoencoder:  # KA: affinity of the adapted student code vs the teacher's code
-        return losses.affinity_distillation_loss(x.student_code, x.teacher_code)
-    return losses.affinity_distillation_loss(x.student_features, x.teacher_features)
+def _affinity(distillation: Distillation, inputs: TermInputs) -> jax.Array:
+    if (
+        distillation.uses_autoencoder
+    ):  # KA: affinity of the adapted student code vs the teacher's code
+        return losses.affinity_distillation_loss(inputs.student_code, inputs.teacher_code)
+    return losses.affinity_distillation_loss(inputs.student_features, inputs.teacher_features)
 
 
 # In the order their values are added to the loss.
@@ -271,15 +280,17 @@ def student_distillation_terms(
     count); per-image terms: sum over its images / ``image_denominator`` (the global batch).
     Summed over devices (``psum``) they are the global means.
     """
-    d = distillation
     student_code = None
-    if d.uses_autoencoder:
-        student_code = d.adapter.apply({"params": adapter_params}, student_features)
+    if distillation.uses_autoencoder:
+        student_code = distillation.adapter.apply({"params": adapter_params}, student_features)
     inputs = TermInputs(
         student_logits, student_features, student_code, *teacher, valid, temperature, critic_params
     )
     denominators = {"pixel": pixel_denominator, "image": image_denominator}
-    return {t.metric: jnp.sum(t.values(d, inputs)) / denominators[t.per] for t in d.active_terms}
+    return {
+        t.metric: jnp.sum(t.values(distillation, inputs)) / denominators[t.per]
+        for t in distillation.active_terms
+    }
 
 
 _TERM_OF_METRIC = {t.metric: t for t in TERMS}

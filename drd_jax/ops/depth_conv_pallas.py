@@ -68,6 +68,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
+from drd_jax.errors import ConfigError, UserError
+
 # Block-size bounds (powers of two): Triton's dot needs every dimension ≥ 16.
 MIN_BLOCK = 16
 MAX_BLOCK_W = 64
@@ -465,16 +467,12 @@ def _pallas_bwd(geometry, precision, config_items, residuals, g):
 _pallas.defvjp(_pallas_fwd, _pallas_bwd)
 
 
-class NoTpuKernelError(ValueError):
+class NoTpuKernelError(ConfigError):
     """``implementation='pallas'`` asked for on a TPU backend: there are GPU kernels only."""
 
-    user_error = True
 
-
-class HigherOrderGradientError(NotImplementedError):
+class HigherOrderGradientError(UserError, NotImplementedError):
     """Differentiating the Pallas backward pass (a second derivative) is not supported."""
-
-    user_error = True
 
 
 def _no_higher_order(*_):

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from drd_jax.errors import ConfigError
 from drd_jax.ops import depth_aware_conv
 
 SHAPES = {
@@ -344,7 +345,7 @@ def main(argv=None):
     implementations = (args.implementations or "fast,reference").split(",")
     for name in args.shapes.split(","):
         if name not in SHAPES:
-            raise ValueError(
+            raise ConfigError(
                 f"--shapes: unknown shape {name!r}, expected some of {list(SHAPES)} "
                 f"or one preset of {list(PRESETS)}"
             )

@@ -1,8 +1,7 @@
 r"""Benchmark: evaluation on a SUN RGB-D-like mix of four image sizes, per size vs one canvas.
 
-    python -m experiments.benchmarks.bench_eval_sizes                         # CPU: sizes ÷ 4,
-    width 1/8 python -m experiments.benchmarks.bench_eval_sizes --scale=1 --width=1 --images=40   #
-    SUN's own sizes
+    python -m experiments.benchmarks.bench_eval_sizes              # CPU: sizes ÷ 4, width 1/8
+    python -m experiments.benchmarks.bench_eval_sizes --scale=1 --width=1 --images=40   # SUN's
 
 The test split is ``--images`` synthetic scenes (``tfds_builders.synthetic_rgbd.scenes``) cycling
 through SUN RGB-D's four sensor sizes (kv2 530×730, realsense 531×681, kv1 427×561, xtion

@@ -1,10 +1,9 @@
 r"""The GPU benchmark: one command, a time budget, Markdown and JSON reports.
 
-    python -m experiments.benchmarks.bench_gpu                     # on one GPU: the defaults, ~7
-    minutes make bench-gpu BENCH_GPU_FLAGS=--output_dir=$OUT    # on the lent GPU machine (see
-    Makefile) python -m experiments.benchmarks.bench_gpu --batch=2 --height=32 --width_px=32
-    --network_width=0.0625 \
-        --repeats=1 --synthetic_config=tiny --synthetic_steps=5     # a CPU smoke run
+    python -m experiments.benchmarks.bench_gpu          # on one GPU: the defaults, ~7 minutes
+    make bench-gpu BENCH_GPU_FLAGS=--output_dir=$OUT    # on a GPU machine (see Makefile)
+    python -m experiments.benchmarks.bench_gpu --batch=2 --height=32 --width_px=32 \
+        --network_width=0.0625 --repeats=1 --synthetic_config=tiny --synthetic_steps=5  # CPU smoke
 
 Sections (``--sections``; each catches its own exception and records it, type and message, and
 the command goes on with the next):

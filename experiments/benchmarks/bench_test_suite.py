@@ -1,8 +1,7 @@
 r"""Times the whole test suite of several git revisions side by side (interleaved, one venv).
 
     python -m experiments.benchmarks.bench_test_suite --revisions=6b47daa,HEAD --repeats=1
-    python -m experiments.benchmarks.bench_test_suite --revisions=HEAD --workers=0,2   #
-    pytest-xdist -n
+    python -m experiments.benchmarks.bench_test_suite --revisions=HEAD --workers=0,2  # xdist -n
 
 Each revision is checked out in a temporary ``git worktree`` and its suite run with this
 interpreter (``python -m pytest -q``), ``PYTHONPATH`` set to that checkout, and the shared test

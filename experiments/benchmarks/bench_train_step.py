@@ -1,8 +1,8 @@
 r"""Benchmark: one jitted training step of the teacher (D-Conv everywhere) against the student.
 
-    python -m experiments.benchmarks.bench_train_step                        # full width, 240×320,
-    batch 2 python -m experiments.benchmarks.bench_train_step --width=0.25 --height=96
-    --width_px=128 --batch=8
+    python -m experiments.benchmarks.bench_train_step             # full width, 240×320, batch 2
+    python -m experiments.benchmarks.bench_train_step --width=0.25 --height=96 --width_px=128 \
+        --batch=8
 
 Both steps are ``drd_jax.steps.train_step`` (SGD, momentum, weight decay: the paper's optimiser)
 on the same random batch, jitted with the state donated, as ``train_and_evaluate`` runs them:
@@ -34,8 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from drd_jax import distillation, steps
+from drd_jax import distillation as distillation_lib
 from drd_jax import state as state_lib
+from drd_jax import steps
 from experiments.configs import base
 
 _WIDTH = flags.DEFINE_float("width", 1.0, "Width multiplier of DeepLab-VGG16 (1 = full).")
@@ -113,9 +114,11 @@ def compile_step(
     if implementation != "fast":
         model = state_lib.make_model(config, classes).clone(conv_implementation=implementation)
         state = state.replace(apply_fn=model.apply)
-    kd = None if teacher_model is None else distillation.make_distillation(config, teacher_model)
+    distillation = (
+        None if teacher_model is None else distillation_lib.make_distillation(config, teacher_model)
+    )
     step = steps.make_train_step(
-        config, num_classes=classes, num_train_images=1000, distillation=kd
+        config, num_classes=classes, num_train_images=1000, distillation=distillation
     )
     jitted = jax.jit(step, donate_argnums=(0,))
     start = time.perf_counter()

@@ -11,6 +11,7 @@ CNN's NYUv2 script; the 480×640 crop (the whole frame) and the jitter strength 
 variant (``:40``, ``:13``, ``:894``) picks the builder config.
 """
 
+from drd_jax.errors import ConfigError
 from experiments.configs.base import get_base_config
 
 NUM_TRAIN_IMAGES = 795
@@ -20,7 +21,7 @@ def get_config(variant: str = "40"):
     """The NYUv2 config for the ``variant`` class set ('40', '13' or '894')."""
     variant = variant or "40"
     if variant not in ("40", "13", "894"):
-        raise ValueError(f"unknown NYUv2 config variant {variant!r}; use '40', '13' or '894'")
+        raise ConfigError(f"unknown NYUv2 config variant {variant!r}; use '40', '13' or '894'")
     c = get_base_config()
     c.dataset = f"nyuv2/{variant}"
     c.crop_size = (480, 640)

@@ -10,6 +10,7 @@ choice (the paper gives no schedule for SUN RGB-D). The variant picks the builde
 (``:bfx`` default, ``:raw``).
 """
 
+from drd_jax.errors import ConfigError
 from experiments.configs.base import get_base_config
 
 NUM_TRAIN_IMAGES = 5285
@@ -19,7 +20,7 @@ def get_config(variant: str = "bfx"):
     """The SUN RGB-D config for builder config ``variant`` ('bfx' or 'raw')."""
     variant = variant or "bfx"
     if variant not in ("bfx", "raw"):
-        raise ValueError(f"unknown SUN RGB-D config variant {variant!r}; use 'bfx' or 'raw'")
+        raise ConfigError(f"unknown SUN RGB-D config variant {variant!r}; use 'bfx' or 'raw'")
     c = get_base_config()
     c.dataset = f"sunrgbd/{variant}"
     c.crop_size = (480, 640)

@@ -15,6 +15,7 @@ The fields and their paper defaults: ``experiments/configs/base.py``.
 
 import ml_collections
 
+from drd_jax.errors import ConfigError
 from experiments.configs.base import get_base_config
 
 
@@ -60,5 +61,5 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         c.checkpoint_every_steps = 120
         c.ka_autoencoder_steps = 100
     elif variant:
-        raise ValueError(f"unknown config variant {variant!r}; use '', 'demo' or 'tiny'")
+        raise ConfigError(f"unknown config variant {variant!r}; use '', 'demo' or 'tiny'")
     return c

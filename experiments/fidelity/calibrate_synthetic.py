@@ -1,8 +1,8 @@
 r"""Judge ``synthetic_rgbd`` variants by FIDELITY.md's calibration criteria (no student involved).
 
-    python -m experiments.fidelity.calibrate_synthetic --workdir=/tmp/calib
-    --variants=default,calib_a python -m experiments.fidelity.calibrate_synthetic
-    --workdir=/tmp/calib --variants=calib_c \
+    python -m experiments.fidelity.calibrate_synthetic --workdir=/tmp/calib \
+        --variants=default,calib_a
+    python -m experiments.fidelity.calibrate_synthetic --workdir=/tmp/calib --variants=calib_c \
         --steps=1920 --budget=long --modes=baseline      # the long-budget criterion
     python -m experiments.fidelity.calibrate_synthetic --workdir=/tmp/calib --variants=calib_e \
         --steps=450 --set='crop_size=(64, 80)' --modes=baseline   # another demo shape
@@ -10,8 +10,7 @@ r"""Judge ``synthetic_rgbd`` variants by FIDELITY.md's calibration criteria (no 
 For each variant (a config of ``tfds_builders.synthetic_rgbd``): build it, print the mean
 off-centre depth weight H per stage (``experiments.fidelity.depth_weight_stats``), train the RGB
 baseline (BL) and the depth-aware teacher (TN) with the ``synthetic.py:demo`` settings for
-``--steps``
-(default: the demo's), and check, without ever looking at a student:
+``--steps`` (default: the demo's), and check, without ever looking at a student:
 
 * **RGB is informative**: BL's IoU ≥ 5 on every class at the demo budget; ≥ 30 on every object
   class at a long budget;
@@ -35,6 +34,8 @@ import pathlib
 
 import numpy as np
 from absl import app, flags
+
+from drd_jax.errors import ConfigError
 
 FLAGS = flags.FLAGS
 
@@ -63,7 +64,7 @@ def parse_overrides(items: list[str] | None) -> dict:
     for item in items or []:
         field, sep, text = item.partition("=")
         if not sep or not field:
-            raise ValueError(f"--set: expected field=value, got {item!r}")
+            raise ConfigError(f"--set: expected field=value, got {item!r}")
         try:
             out[field] = ast.literal_eval(text)
         except (ValueError, SyntaxError):
@@ -76,11 +77,11 @@ def apply_overrides(config, overrides: dict, *, flag: str = "--set"):
     field the config lacks or a value of the wrong type (ints are taken for float fields)."""
     for field, value in overrides.items():
         if field not in config:
-            raise ValueError(f"{flag}: no config field {field!r}")
+            raise ConfigError(f"{flag}: no config field {field!r}")
         try:
             config[field] = value
         except TypeError as e:
-            raise ValueError(f"{flag}: {field}={value!r}: {e}") from None
+            raise ConfigError(f"{flag}: {field}={value!r}: {e}") from None
     return config
 
 
@@ -288,5 +289,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    from experiments import quiet_orbax
+
     define_flags()
+    quiet_orbax.install()  # a tool's log: no orbax lines per save
     app.run(main)

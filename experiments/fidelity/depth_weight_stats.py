@@ -20,13 +20,14 @@ fc6       1/8        12          96
 Only pairs where both pixels are inside the map and have a depth reading count (the op gives the
 others H = 1, which says nothing about the scene: a padded tap multiplies a zero feature); a stage
 with no such pair prints '–'. ``--padded_taps`` averages every tap instead, padding at H = 1 (the
-convention of the target table, FIDELITY.md section 1: it lifts fc6 of a 480×640 frame from 0.27 to
-0.45, and makes fc6 of a 120×160 map, whose dilation-12 taps mostly fall outside it, meaningless).
+convention of the target table, FIDELITY.md, 'Calibrating synthetic_rgbd': it lifts fc6 of a
+480×640 frame from 0.27 to 0.45, and makes fc6 of a 120×160 map, whose dilation-12 taps mostly fall
+outside it, meaningless).
 
-    python -m experiments.fidelity.depth_weight_stats --nyuv2_frame                      # the real
-    frame python -m experiments.fidelity.depth_weight_stats --nyuv2_frame --resize=120x160     #
-    downsized python -m experiments.fidelity.depth_weight_stats --dataset=synthetic_rgbd/default
-    --data_dir=/tmp/d
+    python -m experiments.fidelity.depth_weight_stats --nyuv2_frame                   # real frame
+    python -m experiments.fidelity.depth_weight_stats --nyuv2_frame --resize=120x160  # downsized
+    python -m experiments.fidelity.depth_weight_stats \
+        --dataset=synthetic_rgbd/default --data_dir=/tmp/d
 
 ``--nyuv2_frame`` reads ``../shared/data/nyuv2_sample/NYUDepthv2/Depth/0.npy`` (or the file given
 with ``--depth_file``: a float ``.npy`` in metres). ``--dataset`` averages over the first
@@ -41,6 +42,8 @@ from collections.abc import Iterable
 
 import numpy as np
 from absl import app, flags
+
+from drd_jax.errors import ConfigError, DataError
 
 FLAGS = flags.FLAGS
 
@@ -145,9 +148,9 @@ def _parse_size(text: str) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise ValueError(f"--resize: expected 'HxW' such as 120x160, got {text!r}") from None
+        raise ConfigError(f"--resize: expected 'HxW' such as 120x160, got {text!r}") from None
     if h < 1 or w < 1:
-        raise ValueError(f"--resize: sizes must be positive, got {text!r}")
+        raise ConfigError(f"--resize: sizes must be positive, got {text!r}")
     return h, w
 
 
@@ -156,9 +159,9 @@ def _load_frame(path: str) -> np.ndarray:
     try:
         depth = np.load(p)
     except (OSError, ValueError) as e:
-        raise ValueError(f"--depth_file {p}: cannot read a .npy depth map ({e})") from None
+        raise DataError(f"--depth_file {p}: cannot read a .npy depth map ({e})") from None
     if depth.ndim != 2 or not np.issubdtype(depth.dtype, np.floating):
-        raise ValueError(
+        raise DataError(
             f"--depth_file {p}: expected a 2-D float array of metres, got {depth.dtype} "
             f"{depth.shape}"
         )
@@ -197,7 +200,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     try:
         if FLAGS.nyuv2_frame == bool(FLAGS.dataset):
-            raise ValueError("give exactly one of --nyuv2_frame and --dataset")
+            raise ConfigError("give exactly one of --nyuv2_frame and --dataset")
         if FLAGS.dataset:
             depth = dataset_depths(FLAGS.dataset, FLAGS.data_dir, FLAGS.split, FLAGS.num_images)
             label = f"{FLAGS.dataset} ({FLAGS.split}, {depth.shape[0]} images)"

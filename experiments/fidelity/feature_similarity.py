@@ -1,7 +1,7 @@
 r"""Which layers carry the teacher into the RGB student: feature similarity to TN, layer by layer.
 
-    python -m experiments.fidelity.feature_similarity /tmp/demo/seed0 /tmp/demo/seed1
-    --num_images=20
+    python -m experiments.fidelity.feature_similarity /tmp/demo/seed0 /tmp/demo/seed1 \
+        --num_images=20
 
 For a reproduce workdir (Table 1 and 3 runs in ``runs/``), every conv layer's output (before its
 ReLU) on the first ``--num_images`` test images is compared with the same layer of the teacher
@@ -192,5 +192,8 @@ def define_flags() -> None:
 
 
 if __name__ == "__main__":
+    from experiments import quiet_orbax
+
     define_flags()
+    quiet_orbax.install()  # a tool's log: no orbax lines per save
     app.run(main)

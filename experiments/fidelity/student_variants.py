@@ -1,7 +1,7 @@
 r"""More students on the teachers of finished ``experiments.reproduce`` runs: what moves SN.
 
-    python -m experiments.fidelity.student_variants /tmp/demo/seed0 /tmp/demo/seed1 /tmp/demo/seed2
-    \
+    python -m experiments.fidelity.student_variants \
+        /tmp/demo/seed0 /tmp/demo/seed1 /tmp/demo/seed2 \
         --variant='VTCE at T = 1:beta=0.0' \
         --variant='VTCE × 0.1:vtce_weight=0.1' \
         --variant='pixel KD instead of VTCE:vtce_weight=0.0;pixel_kd_weight=10.0'
@@ -29,6 +29,8 @@ import sys
 import ml_collections
 from absl import app, flags
 
+from drd_jax.errors import CheckpointError, ConfigError
+
 FLAGS = flags.FLAGS
 
 REFERENCE_RUNS = (("bl", "BL"), ("bl_ps", "BL+PS"), ("bl_vtce", "BL+VTCE"), ("sn", "SN"))
@@ -41,11 +43,11 @@ def parse_variant(text: str) -> tuple[str, dict]:
     label, sep, body = text.partition(":")
     items = [item.strip() for item in body.split(";") if item.strip()]
     if not sep or not label.strip() or not items:
-        raise ValueError(f"--variant: expected 'label:field=value[;field=value...]', got {text!r}")
+        raise ConfigError(f"--variant: expected 'label:field=value[;field=value...]', got {text!r}")
     try:
         return label.strip(), parse_overrides(items)
     except ValueError as e:
-        raise ValueError(f"--variant {text!r}: {e}") from None
+        raise ConfigError(f"--variant {text!r}: {e}") from None
 
 
 def slug(label: str) -> str:
@@ -77,7 +79,9 @@ def collect(workdirs: list[pathlib.Path], variants: list[tuple[str, dict]], *, s
         results = read_results(workdir)
         runs = runs_by_key(results)
         if not (workdir / "runs" / "tn").is_dir():
-            raise ValueError(f"{workdir}: no teacher run (runs/tn); reproduce Table 1 or 3 there")
+            raise CheckpointError(
+                f"{workdir}: no teacher run (runs/tn); reproduce Table 1 or 3 there"
+            )
         for key, label in REFERENCE_RUNS:
             if key in runs:
                 entry = {"mean_iou": runs[key]["ours"]["mean_iou"]}
@@ -149,5 +153,8 @@ def define_flags() -> None:
 
 
 if __name__ == "__main__":
+    from experiments import quiet_orbax
+
     define_flags()
+    quiet_orbax.install()  # a tool's log: no orbax lines per save
     app.run(main)

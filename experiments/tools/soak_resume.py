@@ -2,8 +2,8 @@ r"""Soak test of resume: real training processes killed with SIGKILL at random m
 checkpoints damaged (bytes flipped) between starts, each run restarted until it finishes, and
 whether every run ends at the uninterrupted run's params or refuses cleanly.
 
-    python -m experiments.tools.soak_resume --runs=20 --seed=0 --workdir=/tmp/soak --max_kills=3
-    --flips=2
+    python -m experiments.tools.soak_resume --runs=20 --seed=0 --workdir=/tmp/soak --max_kills=3 \
+        --flips=2
 
 For each mode of ``--modes`` (default ``teacher,student``):
 

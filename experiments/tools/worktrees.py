@@ -8,6 +8,8 @@ import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 
+from drd_jax.errors import ConfigError
+
 __all__ = ["REPO_ROOT", "checkouts", "resolve"]
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -26,7 +28,7 @@ def resolve(revisions: Sequence[str]) -> dict[str, str]:
         try:
             commits[rev] = _git("rev-parse", "--short", rev)
         except subprocess.CalledProcessError:
-            raise ValueError(f"{rev!r} is not a git revision of {REPO_ROOT}") from None
+            raise ConfigError(f"{rev!r} is not a git revision of {REPO_ROOT}") from None
     return commits
 
 
