@@ -105,7 +105,7 @@ __all__ = [
     "UnreadableCheckpointError",
     "check_workdir_config",
     "io_failed",
-    "recorded_fingerprint",
+    "recorded_config_fingerprint",
     "state_digest",
 ]
 
@@ -252,7 +252,7 @@ def _committed_steps(checkpoint_dir: pathlib.Path) -> list[int]:
         return []
 
 
-def recorded_fingerprint(workdir: pathlib.Path) -> str | None:
+def recorded_config_fingerprint(workdir: pathlib.Path) -> str | None:
     """The fingerprint in ``<workdir>/config.json``; None when there is no such file.
 
     Raises:
@@ -283,7 +283,7 @@ def check_workdir_config(workdir: str | os.PathLike, config_fingerprint: str) ->
     workdir = pathlib.Path(workdir).expanduser().absolute()
     has_steps = bool(_committed_steps(workdir / _CHECKPOINT_DIR))
     try:
-        found = recorded_fingerprint(workdir)
+        found = recorded_config_fingerprint(workdir)
     except ValueError:
         if has_steps:
             raise

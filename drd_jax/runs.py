@@ -26,7 +26,11 @@ import jax
 import numpy as np
 
 from drd_jax import input_pipeline, loop, metrics
-from drd_jax.checkpointing import Checkpointer, UnreadableCheckpointError, recorded_fingerprint
+from drd_jax.checkpointing import (
+    Checkpointer,
+    UnreadableCheckpointError,
+    recorded_config_fingerprint,
+)
 from drd_jax.config import (
     TEACHER_CHECKPOINTS,
     field_error,
@@ -58,8 +62,8 @@ __all__ = [
     "check_teacher_classes",
     "load_teacher",
     "read_run_config",
-    "run_fingerprint",
-    "teacher_fingerprint",
+    "config_fingerprint_for",
+    "teacher_params_fingerprint",
     "write_final_metrics",
 ]
 
@@ -113,7 +117,7 @@ def read_run_config(workdir: str | os.PathLike) -> tuple[ml_collections.ConfigDi
     return config, recorded
 
 
-def run_fingerprint(workdir: str | os.PathLike, config) -> str:
+def config_fingerprint_for(workdir: str | os.PathLike, config) -> str:
     """The fingerprint a run of ``config`` has in ``workdir``: ``config.fingerprint(config)``, or
     one of its :func:`~drd_jax.config.legacy_fingerprints` when ``<workdir>/config.json``
     records that (a run written by an earlier version, resumed and reused in place)."""
@@ -122,7 +126,7 @@ def run_fingerprint(workdir: str | os.PathLike, config) -> str:
     if not legacy:
         return current
     try:
-        recorded = recorded_fingerprint(pathlib.Path(workdir).expanduser())
+        recorded = recorded_config_fingerprint(pathlib.Path(workdir).expanduser())
     except ValueError:  # an unreadable config.json records no earlier fingerprint
         return current
     return recorded if recorded in legacy else current
@@ -206,13 +210,13 @@ class FinishedRunError(UserError, RuntimeError):
 def finished_run(workdir: str | os.PathLike, config) -> dict | None:
     """The final metrics of the finished run of ``config`` in ``workdir``, or None.
 
-    Finished: :data:`FINAL_METRICS_NAME` records the run's fingerprint (:func:`run_fingerprint`).
-    Its latest checkpoint
-    must then read back (content verified) to the ``params_fingerprint`` the file reports;
-    otherwise :class:`FinishedRunError` is raised and nothing is written or moved: a rerun of a
-    finished run never retrains it over its results, whatever it finds. None when there is no
-    such file, or it does not parse, or it records another config. A finished student's teacher
-    (:func:`teacher_fingerprint`, read only then) must be the one it recorded
+    Finished: :data:`FINAL_METRICS_NAME` records the run's config fingerprint
+    (:func:`config_fingerprint_for`). Its latest checkpoint must then read back (content
+    verified) to the ``params_fingerprint`` the file reports; otherwise :class:`FinishedRunError`
+    is raised and nothing is written or moved: a rerun of a finished run never retrains it over
+    its results, whatever it finds. None when there is no such file, or it does not parse, or it
+    records another config. A finished student's teacher (:func:`teacher_params_fingerprint`,
+    read only then) must be the one it recorded
     (:func:`check_same_teacher`). Reads only.
     """
     workdir = pathlib.Path(workdir).expanduser().absolute()
@@ -223,10 +227,10 @@ def finished_run(workdir: str | os.PathLike, config) -> dict | None:
         return None
     if not isinstance(result, dict):
         return None
-    if result.get("config_fingerprint") != run_fingerprint(workdir, config):
+    if result.get("config_fingerprint") != config_fingerprint_for(workdir, config):
         return None
     if result.get(TEACHER_KEY):
-        check_same_teacher(workdir, result[TEACHER_KEY], teacher_fingerprint(config))
+        check_same_teacher(workdir, result[TEACHER_KEY], teacher_params_fingerprint(config))
     keep = (
         f"its results ({path}) are kept as they are. To train the run again from its newest "
         f"good checkpoint, move {path.name} out of {workdir} and rerun"
@@ -294,7 +298,7 @@ def load_teacher(config, num_classes: int | None = None) -> tuple[ml_collections
     return tconfig, run.params
 
 
-def teacher_fingerprint(config) -> str | None:
+def teacher_params_fingerprint(config) -> str | None:
     """The params fingerprint of a student's teacher (``config.teacher_workdir``), None for
     other runs: what :func:`finished_run` checks a finished student against."""
     if config.get("mode") != "student" or not config.get("teacher_workdir"):

@@ -100,7 +100,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     """
     validate_config(config)
     workdir = _check_workdir(workdir)
-    config_fp = runs.run_fingerprint(workdir, config)
+    config_fp = runs.config_fingerprint_for(workdir, config)
     check_workdir_config(workdir, config_fp)
     par = _data_parallel(config)
     done = runs.finished_run(workdir, config)
@@ -201,7 +201,7 @@ class _Teacher(NamedTuple):
 
     config: Any = None
     params: Any = None
-    fingerprint: str | None = None
+    params_fingerprint: str | None = None
 
 
 def _load_teacher(config) -> _Teacher:
@@ -417,8 +417,8 @@ def _train(config, workdir: pathlib.Path, ckpt: Checkpointer, par, data: _Data, 
         workdir, resume_step=start_step, active=is_main, curves_on_close=bool(config.write_curves)
     )
     checkpoint_extra = {"class_names": class_names}  # and "data_step", the steps done
-    if teacher.fingerprint:
-        checkpoint_extra[runs.TEACHER_KEY] = teacher.fingerprint
+    if teacher.params_fingerprint:
+        checkpoint_extra[runs.TEACHER_KEY] = teacher.params_fingerprint
 
     def evaluate(step: int, state) -> tuple[np.ndarray, dict]:
         """The test split's confusion matrix and summary after ``step`` steps (summary logged)."""
@@ -502,7 +502,7 @@ def _train(config, workdir: pathlib.Path, ckpt: Checkpointer, par, data: _Data, 
                 class_names,
                 final_state.params,
                 config_fingerprint=ckpt.config_fingerprint,
-                teacher_params_fingerprint=teacher.fingerprint,
+                teacher_params_fingerprint=teacher.params_fingerprint,
             )
             ckpt.wait()  # final_metrics.json only once the final checkpoint is on disk
             if is_main:

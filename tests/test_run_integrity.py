@@ -198,7 +198,7 @@ def test_a_students_fingerprint_names_its_teacher_by_params_not_path(data_dir, t
     config = tiny(data_dir, mode="student", teacher_workdir="/old/place/tn")
     moved = tiny(data_dir, mode="student", teacher_workdir="/new/place/tn")
     assert config_lib.fingerprint(config) == config_lib.fingerprint(moved)
-    assert runs.run_fingerprint(tmp_path / "new", config) == config_lib.fingerprint(config)
+    assert runs.config_fingerprint_for(tmp_path / "new", config) == config_lib.fingerprint(config)
     # A student recorded by an earlier version (its teacher's path in its fingerprint) keeps it
     # in place: resumed and reused, its config.json accepted by readers.
     (legacy,) = config_lib.legacy_fingerprints(config)
@@ -207,5 +207,5 @@ def test_a_students_fingerprint_names_its_teacher_by_params_not_path(data_dir, t
     old.mkdir()
     body = {"config_fingerprint": legacy, "config": config.to_dict()}
     (old / "config.json").write_text(json.dumps(body))
-    assert runs.run_fingerprint(old, config) == legacy
+    assert runs.config_fingerprint_for(old, config) == legacy
     assert runs.read_run_config(old)[1] == legacy
