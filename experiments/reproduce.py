@@ -7,6 +7,8 @@ r"""Reproduce the paper's tables: train the runs a table needs, then put ours be
     python -m experiments.reproduce --config=... --workdir=... --table=4 --config.width=0.5
     python -m experiments.reproduce --config=experiments/configs/synthetic.py:demo \
         --workdir=results/demo --table=kd           # the other distillation methods
+    python -m experiments.reproduce --config=experiments/configs/synthetic.py:demo \
+        --workdir=results/demo --table=1,3 --init_protocol=standin   # + the 'Initialization' half
 
 ``--table``: ``1`` (BL / TN / SN; with ``--config.pretrained_path=<VGG16 weights>`` also the
 ImageNet-initialised rows), ``3`` (BL, BL+VTCE, BL+PS, BL+PS+VTCE), ``4`` (α and β sweeps),
@@ -20,12 +22,24 @@ an interrupted one resumes, so rerunning the same command after a crash finishes
 The base config's own ``mode``/``init``/``teacher_workdir`` are replaced per run; ``--help``
 with a ``--config`` lists every field with its value there, its meaning and allowed values.
 
+``--init_protocol=standin`` (synthetic_rgbd only) adds the paper's 'Initialization' protocol
+with a stand-in for ImageNet (FIDELITY.md, "The 'Initialization' protocol"): it first builds, or
+reuses, the stand-in backbone in ``<data_dir>/standin/``
+(``experiments.fidelity.standin_backbone``: a BL trunk trained on RGB alone on
+``synthetic_rgbd/pretrain``, another domain), then Table 1 adds BL, TN and SN (stand-in) and
+Table 3 BL, BL+VTCE, BL+PS and BL+PS+VTCE (stand-in): BL, TN and BL+VTCE start from the stand-in,
+SN and BL+PS from TN (stand-in); their run keys end in ``_standin``. It also turns on
+``--equal_budget``: Table 3's ``BL (TN+SN steps)``, BL trained for the teacher's steps plus the
+student's (2 × ``num_train_steps``), under each protocol. Without the flags nothing changes.
+
 Writes, atomically, into ``<workdir>``:
 
 * ``results.json``: per table, one entry per row (mPA, mIoU, pixel accuracy, per-class IoU, the
   paper's figures for NYUv2 / SUN RGB-D where the paper has that row, the run's key, wall time);
 * ``results.md``: the same as Markdown tables (printed at the end), with every run's test mIoU at
   each of its evaluations (``config.eval_every_steps`` and the end; ``eval_curves`` in the JSON);
+  with the stand-in, its record (``standin`` in the JSON), the PS start from TN (stand-in)
+  (``ps_starting_point_standin``) and the target verdict under that protocol too;
 * ``fig4.png``: Table 1's runs on the first ``--figure_images`` test images (RGB, depth, GT, BL,
   TN, SN, legend; ``--figure_images=0``: no figure);
 * ``curves.png``: training loss and test mIoU of every run.
@@ -67,6 +81,8 @@ RESULTS_MD = "results.md"
 FIGURE = "fig4.png"
 CURVES = "curves.png"
 METRICS = (("mean_pixel_accuracy", "mPA"), ("mean_iou", "mIoU"), ("pixel_accuracy", "PA"))
+INIT_PROTOCOLS = ("none", "standin")
+STANDIN_DIR = "standin"  # under the data dir: the stand-in backbones (standin_backbone)
 
 
 def parse_tables(value: str) -> list[str]:
@@ -92,9 +108,17 @@ def parse_kd_methods(methods: list[str] | None) -> list[str] | None:
         raise ConfigError(f"--kd_methods: {e}") from e
 
 
-def check_options(tables: list[str], *, figure_images: int, kd_methods) -> None:
-    """``--figure_images`` is an int >= 0 (0 = no ``fig4.png``) and ``--kd_methods`` is given only
-    with table kd (the only table it changes); ``ValueError`` naming the flag otherwise."""
+def check_options(
+    tables: list[str],
+    *,
+    figure_images: int,
+    kd_methods,
+    init_protocol: str = "none",
+    equal_budget: bool = False,
+) -> None:
+    """``--figure_images`` is an int >= 0 (0 = no ``fig4.png``), ``--kd_methods`` is given only
+    with table kd, ``--init_protocol=standin`` only with table 1 or 3 and ``--equal_budget`` only
+    with table 3 (the tables they change); ``ValueError`` naming the flag otherwise."""
     if isinstance(figure_images, bool) or not isinstance(figure_images, int) or figure_images < 0:
         raise ConfigError(
             f"--figure_images must be an int >= 0 (0 = no {FIGURE}), got {figure_images!r}"
@@ -104,6 +128,45 @@ def check_options(tables: list[str], *, figure_images: int, kd_methods) -> None:
             f"--kd_methods chooses the rows of table kd only, but --table={','.join(tables)}; "
             "add kd to --table or drop --kd_methods"
         )
+    if init_protocol not in INIT_PROTOCOLS:
+        raise ConfigError(f"--init_protocol must be one of {INIT_PROTOCOLS}, got {init_protocol!r}")
+    if init_protocol == "standin" and not {"1", "3"} & set(tables):
+        raise ConfigError(
+            f"--init_protocol=standin adds rows to tables 1 and 3 only, but "
+            f"--table={','.join(tables)}; add 1 or 3 to --table or drop --init_protocol"
+        )
+    if equal_budget and "3" not in tables:
+        raise ConfigError(
+            f"--equal_budget adds a row to table 3 only, but --table={','.join(tables)}; add 3 "
+            "to --table or drop --equal_budget"
+        )
+
+
+def check_standin_base(config) -> None:
+    """``--init_protocol=standin`` needs a base config without ``pretrained_path`` (the stand-in
+    replaces real ImageNet weights; both would be two 'Initialization' protocols at once) on
+    synthetic_rgbd's room scenes (``standin_backbone.recipe_for``); ``ValueError`` otherwise."""
+    from experiments.fidelity import standin_backbone
+
+    if config.pretrained_path:
+        raise ConfigError(
+            "--init_protocol=standin stands in for ImageNet weights, but config.pretrained_path="
+            f"{config.pretrained_path!r} gives real ones; drop one of them"
+        )
+    standin_backbone.recipe_for(config.dataset)
+
+
+def validation_config(config, standin_path: str):
+    """``config`` as :func:`drd_jax.config.validate_config` can check it before the stand-in
+    ``standin_path`` exists: a run that would read it is checked as if from scratch (its file is
+    checked once it is written)."""
+    if config.init != "imagenet" or config.pretrained_path != standin_path:
+        return config
+    if pathlib.Path(standin_path).is_file():
+        return config
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.init, config.pretrained_path = "scratch", ""
+    return config
 
 
 def run_config(base: ml_collections.ConfigDict, run, runs_dir: pathlib.Path):
@@ -144,7 +207,9 @@ def per_class_percent(per_class: dict) -> dict[str, float | None]:
 
 
 def summarize(rows, results: dict, timing: dict) -> dict:
-    """The ``results.json`` body for ``rows`` given each run's final metrics and timing."""
+    """The ``results.json`` body for ``rows`` given each run's final metrics and timing
+    (``paper``: the figures of the paper's row it stands for, ``row.paper_label``, e.g. the
+    ImageNet rows for the stand-in's)."""
     from experiments.paper_results import paper_figures
 
     tables: dict[str, list] = {}
@@ -160,7 +225,7 @@ def summarize(rows, results: dict, timing: dict) -> dict:
                 "init": row.run.overrides["init"],
                 "ours": {k: percent(m.get(k)) for k, _ in METRICS},
                 "per_class_iou": per_class_percent(m["per_class_iou"]),
-                "paper": paper_figures(row.table, row.label),
+                "paper": paper_figures(row.table, row.paper_label or row.label),
                 "params_fingerprint": m["params_fingerprint"],
                 "train_seconds": timing[row.run.key]["seconds"],
                 "reused": timing[row.run.key]["reused"],
@@ -189,6 +254,7 @@ def _cell(x: float | None) -> str:
 
 def markdown(summary: dict, *, dataset: str, steps: int, width: float) -> str:
     """``results.md``: one Markdown table per paper table, ours beside the paper's."""
+    from experiments import protocols
     from experiments.seed_table import paper_target, per_class_table
 
     out = [
@@ -224,9 +290,21 @@ def markdown(summary: dict, *, dataset: str, steps: int, width: float) -> str:
             f"before any student training): mPA {_cell(start['mean_pixel_accuracy'])}, "
             f"mIoU {_cell(start['mean_iou'])}, PA {_cell(start['pixel_accuracy'])}.",
         ]
+    out += standin_lines(summary)
     start_label = "PS start (TN's params, plain convs, RGB)"
     out += per_class_table([summary], heading="## Per-class IoU", start_label=start_label)
+    start = summary.get("ps_starting_point_standin")
+    if out[-1].startswith("| ") and start and "per_class_iou" in start:
+        cells = " | ".join(_cell(v) for v in start["per_class_iou"].values())
+        out.append(f"| ps_start_standin | PS start (TN (stand-in)'s params) | {cells} |")
     out += paper_target([summary])  # does the student keep the teacher's advantage?
+    if "standin" in summary:  # and under the 'Initialization' protocol with the stand-in
+        target = paper_target([protocols.protocol_view(summary, "standin")])
+        out += [
+            line.replace("Target (", "Target, 'Initialization' with the stand-in (", 1)
+            for line in target
+        ]
+    out += equal_budget_lines(summary)
     curves = summary.get("eval_curves", {})
     steps = sorted({step for curve in curves.values() for step, _ in curve})
     if steps:
@@ -241,6 +319,68 @@ def markdown(summary: dict, *, dataset: str, steps: int, width: float) -> str:
     return "\n".join(out) + "\n"
 
 
+def standin_lines(summary: dict) -> list[str]:
+    """What the stand-in rows start from, and where their parameter sharing starts."""
+    record = summary.get("standin")
+    if not record:
+        return []
+    m = record["metrics"]
+    out = [
+        "",
+        "Rows '(stand-in)': the paper's 'Initialization' protocol with a stand-in for ImageNet. "
+        f"BL, TN and BL+VTCE (stand-in) start from `{pathlib.Path(record['path']).name}`, the 13 "
+        f"trunk convolutions of a BL trained on RGB alone for {record['num_train_steps']} steps "
+        f"on `{record['dataset']}` (another domain; mIoU {_cell(m['mean_iou'])} on its own test "
+        "split); SN and BL+PS (stand-in) start from TN (stand-in). The paper's figures beside "
+        "Table 1's stand-in rows are its ImageNet rows.",
+    ]
+    start = summary.get("ps_starting_point_standin")
+    if start:
+        out += [
+            "",
+            "Where parameter sharing starts under it (TN (stand-in)'s parameters with plain convs, "
+            f"RGB only): mPA {_cell(start['mean_pixel_accuracy'])}, mIoU "
+            f"{_cell(start['mean_iou'])}, PA {_cell(start['pixel_accuracy'])}.",
+        ]
+    return out
+
+
+def equal_budget_lines(summary: dict) -> list[str]:
+    """BL+PS and SN against BL trained for TN's + SN's steps, under each protocol shown: what
+    parameter sharing buys beyond the extra training."""
+    from experiments import protocols
+    from experiments.seed_table import runs_by_key
+
+    out = []
+    for protocol, name in (("scratch", "'No Initialization'"), ("standin", "stand-in")):
+        runs = runs_by_key(protocols.protocol_view(summary, protocol))
+        keys = (protocols.EQUAL_BUDGET_KEY, "bl_ps", "sn")
+        miou = {k: runs[k]["ours"]["mean_iou"] for k in keys if k in runs}
+        if len(miou) < len(keys) or None in miou.values():
+            continue
+        equal, ps, sn = (miou[k] for k in keys)
+        out += [
+            "",
+            f"Equal budget ({name}): BL trained for TN's + SN's steps reaches {equal:.1f} mIoU; "
+            f"BL+PS {ps:.1f} ({ps - equal:+.1f}), BL+PS+VTCE {sn:.1f} ({sn - equal:+.1f}).",
+        ]
+    return out
+
+
+def ps_start(run, data_dir: str) -> dict:
+    """Where parameter sharing starts: ``run``'s (a teacher's) params with plain convs on RGB,
+    evaluated on its test split (mPA, mIoU, PA and per-class IoU in %; every process of a
+    multi-process job evaluates its shard)."""
+    from drd_jax import runs
+
+    m = runs.evaluate_run(run, depth_aware=False, data_dir=data_dir)
+    start = {k: percent(m[k]) for k, _ in METRICS}
+    start["per_class_iou"] = per_class_percent(
+        dict(zip(run.class_names, m["per_class_iou"], strict=True))
+    )
+    return start
+
+
 def reproduce(
     config: ml_collections.ConfigDict,
     workdir,
@@ -248,14 +388,19 @@ def reproduce(
     *,
     figure_images: int = 4,
     kd_methods: list[str] | None = None,
+    init_protocol: str = "none",
+    equal_budget: bool = False,
 ) -> dict:
     """Trains (or reuses) every run of ``tables`` and writes the results; returns the summary.
 
     ``kd_methods``: table kd's methods (``protocols.KD_METHODS`` keys; default all; only with
     table kd). ``figure_images``: test images in ``fig4.png`` (Table 1 only; 0 = no figure).
+    ``init_protocol='standin'``: also the 'Initialization' rows with the stand-in backbone
+    (built or reused in ``<data_dir>/standin/`` first; implies ``equal_budget``).
+    ``equal_budget``: Table 3's ``BL (TN+SN steps)`` under each protocol shown.
     Raises ``ValueError`` before anything is built or written for a bad option
-    (:func:`check_options`) or a bad config value of any run of ``tables``
-    (``drd_jax.config.validate_config``, ``config.<field>: ...``).
+    (:func:`check_options`, :func:`check_standin_base`) or a bad config value of any run of
+    ``tables`` (``drd_jax.config.validate_config``, ``config.<field>: ...``).
     """
     import jax
 
@@ -265,9 +410,25 @@ def reproduce(
     from drd_jax.parallel import main_process_first, sync_processes
     from experiments import protocols
 
-    check_options(tables, figure_images=figure_images, kd_methods=kd_methods)
+    check_options(
+        tables,
+        figure_images=figure_images,
+        kd_methods=kd_methods,
+        init_protocol=init_protocol,
+        equal_budget=equal_budget,
+    )
     workdir = pathlib.Path(workdir).expanduser().absolute()
     runs_dir = workdir / "runs"
+    data_dir = config_lib.resolve_data_dir(config)
+    standin_path, standin_dir = "", None
+    if init_protocol == "standin":
+        from experiments.fidelity import standin_backbone
+
+        check_standin_base(config)
+        equal_budget = True
+        standin_dir = pathlib.Path(data_dir).absolute() / STANDIN_DIR
+        standin_config = standin_backbone.standin_config(config)
+        standin_path = str(standin_backbone.weights_path(standin_config, standin_dir))
     rows = [
         row
         for t in tables
@@ -279,13 +440,19 @@ def reproduce(
             imagenet=bool(config.pretrained_path),
             kd_weights={k: float(config[k]) for k in protocols.UPSTREAM_KD_WEIGHTS},
             kd_methods=kd_methods,
+            standin=standin_path,
+            equal_budget=equal_budget,
+            num_train_steps=int(config.num_train_steps),
         )
     ]
     started = time.perf_counter()
     order = protocols.runs_in_order(rows)
     for run in order:  # every run's config, before the (long) data preparation and training
-        config_lib.validate_config(run_config(config, run, runs_dir))
-    data_dir = config_lib.resolve_data_dir(config)
+        config_lib.validate_config(
+            validation_config(run_config(config, run, runs_dir), standin_path)
+        )
+    if standin_path:
+        config_lib.validate_config(standin_config)
     # Build the dataset first (synthetic_rgbd is generated here; real datasets must be built),
     # on one process of a multi-process job.
     main_process_first(
@@ -295,6 +462,13 @@ def reproduce(
         "prepare the dataset",
     )
     data_seconds = time.perf_counter() - started
+    standin_record = None
+    if standin_path:
+        print("[stand-in] the stand-in backbone (built once per data dir)", flush=True)
+        standin_record = standin_backbone.build(config, standin_dir)
+        print(standin_backbone.describe(standin_record), flush=True)
+        for run in order:  # now that the stand-in is there, its readers' configs in full
+            config_lib.validate_config(run_config(config, run, runs_dir))
     results, timing = {}, {}
     for i, run in enumerate(order, 1):
         print(f"[{i}/{len(order)}] {run.key}: {dict(run.overrides)}", flush=True)
@@ -305,6 +479,8 @@ def reproduce(
     summary = summarize(rows, results, timing)
     summary.update(dataset=config.dataset, config=config.to_dict(), tables_requested=tables)
     summary["eval_curves"] = eval_curves({r.key: runs_dir / r.key for r in order})
+    if standin_record is not None:
+        summary["standin"] = {k: v for k, v in standin_record.items() if k != "config"}
     loaded: dict = {}  # run key -> load_run(...), each checkpoint restored once
 
     def run_params(key: str):
@@ -315,10 +491,11 @@ def reproduce(
     if any(r.run.key == "sn" for r in rows):
         # Where parameter sharing starts: the teacher's params with plain convs, RGB only
         # (evaluated by every process of a multi-process job, each on its shard).
-        m = runs.evaluate_run(run_params("tn"), depth_aware=False, data_dir=data_dir)
-        summary["ps_starting_point"] = {k: percent(m[k]) for k, _ in METRICS}
-        per_class = dict(zip(run_params("tn").class_names, m["per_class_iou"], strict=True))
-        summary["ps_starting_point"]["per_class_iou"] = per_class_percent(per_class)
+        summary["ps_starting_point"] = ps_start(run_params("tn"), data_dir)
+    standin_sn = f"sn{protocols.STANDIN_SUFFIX}"
+    if any(r.run.key == standin_sn for r in rows):
+        teacher = run_params(f"tn{protocols.STANDIN_SUFFIX}")
+        summary["ps_starting_point_standin"] = ps_start(teacher, data_dir)
     # Table 1's figure: each prediction column names what that network sees at test time.
     # Every process restores the runs (as orbax expects of a job); process 0 draws them.
     shown = {}
@@ -329,6 +506,8 @@ def reproduce(
         "data": round(data_seconds, 1),
         "runs": round(sum(t["seconds"] for t in timing.values()), 1),
     }
+    if standin_record is not None:
+        summary["seconds"]["standin"] = standin_record.get("seconds", 0.0)
     if jax.process_index() == 0 and not _writable(workdir):
         # A read-only copy of a finished experiment: every run was reused; show, do not write.
         logging.warning(
@@ -400,6 +579,21 @@ def define_flags() -> None:
         "Table kd: only these methods (of pixel, pair, holistic, SKD, KA, affinity); default all. "
         "Refused without kd in --table.",
     )
+    flags.DEFINE_enum(
+        "init_protocol",
+        "none",
+        list(INIT_PROTOCOLS),
+        "none: the paper's 'No Initialization' rows (and, with config.pretrained_path, its "
+        "ImageNet rows of Table 1); standin (synthetic_rgbd): also its 'Initialization' rows of "
+        "Tables 1 and 3 from a stand-in for ImageNet, built or reused in <data_dir>/standin/ "
+        "(experiments.fidelity.standin_backbone), and --equal_budget.",
+    )
+    flags.DEFINE_bool(
+        "equal_budget",
+        False,
+        "Table 3: also BL (TN+SN steps), BL trained for the teacher's steps plus the student's "
+        "(2 x config.num_train_steps), under each protocol shown. Refused without 3 in --table.",
+    )
     flags.DEFINE_integer(
         "figure_images",
         4,
@@ -423,7 +617,13 @@ def main(argv):
     try:
         tables = parse_tables(FLAGS.table)
         parse_kd_methods(FLAGS.kd_methods)
-        check_options(tables, figure_images=FLAGS.figure_images, kd_methods=FLAGS.kd_methods)
+        check_options(
+            tables,
+            figure_images=FLAGS.figure_images,
+            kd_methods=FLAGS.kd_methods,
+            init_protocol=FLAGS.init_protocol,
+            equal_budget=FLAGS.equal_budget,
+        )
         multihost.initialize()  # before anything touches JAX
     except ValueError as e:
         raise app.UsageError(str(e)) from e
@@ -441,6 +641,8 @@ def main(argv):
         tables,
         figure_images=FLAGS.figure_images,
         kd_methods=FLAGS.kd_methods,
+        init_protocol=FLAGS.init_protocol,
+        equal_budget=FLAGS.equal_budget,
     )
 
 

@@ -12,6 +12,8 @@ Build it like any TFDS dataset, without TensorFlow::
     train = builder.as_data_source(split="train")   # train[i] -> dict of numpy arrays
 
 Labels are stored as 0 = void, 1..NUM_CLASSES (``CLASS_NAMES``); depth in metres, 0 = no reading.
+The ``pretrain`` and ``pretrain_tiny`` configs are another domain (``domain='tabletop'``,
+``pretrain_scenes``): the stand-in for ImageNet, with classes of their own (``DOMAIN_CLASS_NAMES``).
 """
 
 from __future__ import annotations
@@ -25,10 +27,13 @@ from PIL import Image
 
 from tfds_builders import _common
 from tfds_builders.features import rgbd_segmentation_features
-from tfds_builders.synthetic_rgbd import scenes
+from tfds_builders.synthetic_rgbd import pretrain_scenes, scenes
 
 CLASS_NAMES = scenes.CLASS_NAMES
 NUM_CLASSES = scenes.NUM_CLASSES
+# Class names by SyntheticRgbdConfig.domain: 'room' (the target, scenes.py) or 'tabletop' (the
+# stand-in pretraining domain, pretrain_scenes.py).
+DOMAIN_CLASS_NAMES = {"room": scenes.CLASS_NAMES, "tabletop": pretrain_scenes.CLASS_NAMES}
 
 
 @dataclasses.dataclass(eq=False)
@@ -42,6 +47,11 @@ class SyntheticRgbdConfig(tfds.core.BuilderConfig):
     seed: int = 0
     scene: tuple[tuple[str, Any], ...] = ()  # overrides of scenes.SceneParams fields
     sensor: tuple[tuple[str, Any], ...] = ()  # overrides of scenes.DepthSensor fields
+    domain: str = "room"  # 'room' (scenes.py) or 'tabletop' (pretrain_scenes.py; no scene/sensor)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return DOMAIN_CLASS_NAMES[self.domain]
 
     def scene_params(self) -> scenes.SceneParams:
         return scenes.SceneParams(**dict(self.scene))
@@ -126,6 +136,31 @@ class Builder(_common.BuilderChecks, tfds.core.GeneratorBasedBuilder):
             num_test=8,
             seed=0,
         ),
+        SyntheticRgbdConfig(
+            name="pretrain",
+            description=(
+                "The stand-in for ImageNet (FIDELITY.md, the 'Initialization' protocol): another "
+                "domain, a tabletop of flat cut-out shapes (backdrop, ring, cross, star, crescent, "
+                "ell) in a palette of their own, 120x160, 1000 train / 100 test; no class, colour "
+                "or layout of the room scenes."
+            ),
+            height=120,
+            width=160,
+            num_train=1000,
+            num_test=100,
+            seed=1,
+            domain="tabletop",
+        ),
+        SyntheticRgbdConfig(
+            name="pretrain_tiny",
+            description="`pretrain` for tests: 48x64 images, 16 train / 8 test.",
+            height=48,
+            width=64,
+            num_train=16,
+            num_test=8,
+            seed=1,
+            domain="tabletop",
+        ),
     ] + [
         SyntheticRgbdConfig(
             name=name,
@@ -138,12 +173,18 @@ class Builder(_common.BuilderChecks, tfds.core.GeneratorBasedBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         cfg = self.builder_config
+        class_names = cfg.class_names
+        if cfg.domain == "room":
+            what = (
+                "a wall, a floor and objects at distinct depths; how much colour tells depends on "
+                "the config (see its description)"
+            )
+        else:
+            what = "flat cut-out shapes on a tabletop seen from above, RGB-only pretraining"
         return self.dataset_info_from_configs(
             description=(
-                "Procedural RGB-D semantic segmentation scenes (drd-jax): a wall, a floor and "
-                "objects at distinct depths; how much colour tells depends on the config "
-                "(see its description). Classes (label "
-                f"1..{NUM_CLASSES}, 0 = void): {', '.join(CLASS_NAMES)}."
+                f"Procedural RGB-D semantic segmentation scenes (drd-jax): {what}. Classes (label "
+                f"1..{len(class_names)}, 0 = void): {', '.join(class_names)}."
             ),
             features=rgbd_segmentation_features(
                 extra={"index": tfds.features.Scalar(dtype=np.int64, doc="scene index in split")}
@@ -152,8 +193,8 @@ class Builder(_common.BuilderChecks, tfds.core.GeneratorBasedBuilder):
             homepage="https://github.com/drd-jax",
             disable_shuffling=True,
             metadata=tfds.core.MetadataDict(
-                class_names=list(CLASS_NAMES),
-                num_classes=NUM_CLASSES,
+                class_names=list(class_names),
+                num_classes=len(class_names),
                 void_label=scenes.VOID_LABEL,
                 seed=cfg.seed,
                 height=cfg.height,
@@ -177,9 +218,12 @@ class Builder(_common.BuilderChecks, tfds.core.GeneratorBasedBuilder):
 
 def generate_example(cfg: SyntheticRgbdConfig, split: str, index: int) -> dict:
     """The TFDS example ``index`` of ``split`` (image as a PIL image, as TFDS wants it)."""
-    ex = scenes.make_example(
-        cfg.seed, split, index, cfg.height, cfg.width, cfg.scene_params(), cfg.depth_sensor()
-    )
+    if cfg.domain == "tabletop":
+        ex = pretrain_scenes.make_example(cfg.seed, split, index, cfg.height, cfg.width)
+    else:
+        ex = scenes.make_example(
+            cfg.seed, split, index, cfg.height, cfg.width, cfg.scene_params(), cfg.depth_sensor()
+        )
     return {
         "image": Image.fromarray(ex["image"]),
         "depth": ex["depth"],
