@@ -74,6 +74,8 @@ def seed_table(results: list[dict], labels: list[str]) -> str:
             out.append(f"| {entry['row']} | {entry['input']} | {' | '.join(cells)} | {per_seed} |")
     out += _ps_start_and_per_class(results)
     out += paper_target(results)
+    out += standin_summary(results)
+    out += equal_budget_summary(results)
     curves = [body.get("eval_curves", {}) for body in results]
     if curves[0]:
         steps = sorted({s for c in curves for curve in c.values() for s, _ in curve})
@@ -151,6 +153,65 @@ def paper_target(results: list[dict]) -> list[str]:
         f"({mean['bl']:.1f} / {mean['bl_ps']:.1f} / {mean['sn']:.1f}): "
         f"{'holds' if order else 'does not hold'}.",
     ]
+
+
+def _miou(body: dict, key: str) -> float | None:
+    entry = runs_by_key(body).get(key)
+    return None if entry is None else entry["ours"]["mean_iou"]
+
+
+def standin_summary(results: list[dict]) -> list[str]:
+    """Under the 'Initialization' protocol with the stand-in (``--init_protocol=standin``): the PS
+    start, FIDELITY.md's criterion 3 for the stand-in (BL (stand-in) − BL > 0 as the mean of the
+    per-seed differences) and the target verdict on the seed means; [] without stand-in rows."""
+    from experiments import protocols
+
+    if not all("standin" in body for body in results):
+        return []
+    views = [protocols.protocol_view(body, "standin") for body in results]
+    out: list[str] = []
+    starts = [view.get("ps_starting_point") for view in views]
+    if all(starts):
+        cells = [mean_sd([s[k] for s in starts]) for k, _ in METRICS]
+        out += ["", "PS starting point under the stand-in (TN (stand-in)'s parameters, plain "]
+        out[-1] += f"convs, RGB): mIoU {cells[0]}, mPA {cells[1]}."
+    gains = [_miou(b, "bl" + protocols.STANDIN_SUFFIX) for b in results]
+    scratch = [_miou(b, "bl") for b in results]
+    if None not in gains and None not in scratch:
+        diffs = [g - b for g, b in zip(gains, scratch, strict=True)]
+        mean = statistics.mean(diffs)
+        per_seed = ", ".join(f"{d:+.1f}" for d in diffs)
+        out += [
+            "",
+            f"The stand-in's criterion 3, BL (stand-in) − BL > 0 (mean of the per-seed "
+            f"differences): {mean:+.1f} ({per_seed}): {'met' if mean > 0 else 'not met'}.",
+        ]
+    label = "Target, 'Initialization' with the stand-in ("
+    out += [line.replace("Target (", label, 1) for line in paper_target(views)]
+    return out
+
+
+def equal_budget_summary(results: list[dict]) -> list[str]:
+    """BL+PS and SN against BL trained for TN's + SN's steps (mean ± sd over seeds of the
+    differences), under each protocol the results hold."""
+    from experiments import protocols
+
+    out: list[str] = []
+    for protocol, name in (("scratch", "'No Initialization'"), ("standin", "stand-in")):
+        views = [protocols.protocol_view(body, protocol) for body in results]
+        keys = (protocols.EQUAL_BUDGET_KEY, "bl_ps", "sn")
+        values = {k: [_miou(v, k) for v in views] for k in keys}
+        if any(None in vs for vs in values.values()):
+            continue
+        equal, ps, sn = (values[k] for k in keys)
+        ps_gain = [a - b for a, b in zip(ps, equal, strict=True)]
+        sn_gain = [a - b for a, b in zip(sn, equal, strict=True)]
+        out += [
+            "",
+            f"Equal budget ({name}): BL trained for TN's + SN's steps {mean_sd(equal)} mIoU; "
+            f"BL+PS − it {mean_sd(ps_gain)}, BL+PS+VTCE − it {mean_sd(sn_gain)}.",
+        ]
+    return out
 
 
 def workdir_arguments(argv: list[str]) -> list[pathlib.Path]:

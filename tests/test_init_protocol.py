@@ -269,6 +269,43 @@ def test_the_verdicts_read_each_protocol_under_its_own_rows():
         protocols.protocol_view(body, "imagenet")
 
 
+def test_the_seed_table_summarises_both_protocols_over_seeds():
+    def entry(key, miou):
+        ours = {"mean_iou": miou, "mean_pixel_accuracy": miou + 10.0}
+        return {"row": key, "input": "RGB", "run": key, "ours": ours}
+
+    def body(seed, shift):
+        keys = {"bl": 40.0, "tn": 70.0, "sn": 50.0, "bl_ps": 54.0, "bl_equal_steps": 60.0}
+        keys = {k: v + shift for k, v in keys.items()}
+        standin = {f"{k}_standin": v + 2.0 + seed for k, v in keys.items()}
+        return {
+            "config": {"seed": seed},
+            "tables": {"3": [entry(k, v) for k, v in {**keys, **standin}.items()]},
+            "standin": {"path": "/x/standin_vgg16_0.npz"},
+            "ps_starting_point": {"mean_iou": 14.0, "mean_pixel_accuracy": 30.0},
+            "ps_starting_point_standin": {"mean_iou": 20.0 + seed, "mean_pixel_accuracy": 40.0},
+        }
+
+    results = [body(0, 0.0), body(1, 1.0), body(2, 2.0)]
+    lines = seed_table.standin_summary(results)
+    assert "under the stand-in (TN (stand-in)'s parameters, plain convs, RGB): mIoU 21.0 ± 1.0" in (
+        "".join(lines)
+    )
+    # BL (stand-in) − BL per seed: +2, +3, +4 (the stand-in rows are 2 + seed above).
+    (criterion,) = [line for line in lines if "criterion 3" in line]
+    assert criterion.endswith("+3.0 (+2.0, +3.0, +4.0): met.")
+    (target,) = [line for line in lines if line.startswith("Target")]
+    assert target.startswith("Target, 'Initialization' with the stand-in (mean over 3 seed(s))")
+    equal = seed_table.equal_budget_summary(results)
+    assert [line.split(":")[0] for line in equal if line] == [
+        "Equal budget ('No Initialization')",
+        "Equal budget (stand-in)",
+    ]
+    assert "steps 61.0 ± 1.0 mIoU; BL+PS − it -6.0 ± 0.0, BL+PS+VTCE − it -10.0 ± 0.0." in equal[1]
+    assert seed_table.standin_summary([{"tables": {}}]) == []  # no stand-in rows, no summary
+    assert seed_table.seed_table(results, ["a", "b", "c"]).count("Equal budget") == 2
+
+
 # -- the command and reproduce, end to end (tiny) ------------------------------------------------
 
 
