@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench bench-gpu gpu-wheels clean
+.PHONY: install demo test test-fast lint format bench bench-gpu gpu-wheels clean
 
 # GPU or TPU: `make install JAX_ACCELERATOR=cuda13` (or cuda12, tpu) adds jax's accelerator
 # plugin at the pinned jax version (docs/install.md, "On a GPU or TPU").
@@ -43,6 +43,13 @@ TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
+# The unit tests alone (ops, layers, models, losses, metrics, config, checkpointing, input
+# pipeline...), about a minute and a half on 2 cores: the tests marked `integration` (they train
+# or take a whole train step, run a command in a subprocess, build a dataset; tests/conftest.py
+# says which) are left out. `make test` runs them all.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not integration"
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

@@ -457,6 +457,7 @@ print(json.dumps({"same": before == after, "before": before, "after": after}))
 """
 
 
+@pytest.mark.integration
 def test_the_library_changes_no_hook_logger_or_warnings_filter(tmp_path):
     """Importing every drd_jax module, saving, reading and failing to restore a checkpoint leave
     the process's hooks, logger filters, warnings filters and absl verbosity as they were."""

@@ -176,6 +176,7 @@ def test_torchvision_weights_without_torch_are_refused_before_the_run(tmp_path):
     assert "needs torch" in _imagenet_error(path)
 
 
+@pytest.mark.integration
 def test_train_refuses_a_bad_pretrained_file_in_one_line_before_writing(tmp_path):
     (tmp_path / "vgg16.npz").write_text("not weights\n")
     workdir = tmp_path / "run"

@@ -138,6 +138,7 @@ def test_the_rebuild_hint_of_a_manual_dataset_is_the_builders_command():
     assert "--manual_dir" in command and "--overwrite" in command
 
 
+@pytest.mark.integration
 def test_train_without_nyuv2_suggests_the_builders_manual_dir(tmp_path):
     """``experiments.train`` has no ``--manual_dir``: the hint is the builder's whole command."""
     config = f"--config={helpers.REPO_ROOT / 'experiments' / 'configs' / 'nyuv2.py'}"

@@ -141,6 +141,7 @@ def test_runs_without_the_new_methods_keep_their_fingerprint():
 # -- the student step ----------------------------------------------------------------------------
 
 
+@pytest.mark.integration  # a whole train step
 def test_every_term_is_in_the_loss_and_each_network_gets_its_update():
     config, state, kd, step = _setup(**ALL_TERMS)
     assert state.critic is not None and state.adapter is not None
@@ -168,6 +169,7 @@ def test_every_term_is_in_the_loss_and_each_network_gets_its_update():
     assert int(new.critic.step) == int(new.adapter.step) == 1
 
 
+@pytest.mark.integration  # a whole train step
 def test_only_switched_on_terms_are_computed():
     _, state, _, step = _setup(pixel_kd_weight=10.0)
     assert state.critic is None and state.adapter is None and state.autoencoder_params is None
@@ -179,6 +181,7 @@ def test_only_switched_on_terms_are_computed():
     )
 
 
+@pytest.mark.integration  # a whole train step
 def test_the_critic_step_trains_only_the_critic_and_is_the_wgan_gp_step():
     config, state, kd, step = _setup(holistic_kd_weight=0.1)
     batch, teacher_params = _batch(3), _teacher_params()
@@ -241,6 +244,7 @@ def test_the_critic_step_trains_only_the_critic_and_is_the_wgan_gp_step():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.integration  # a whole train step
 def test_pmap_jit_and_one_device_agree_with_the_critic_and_adapter():
     weights = {"holistic_kd_weight": 0.1, "adaptation_weight": 50.0}
     _, state0, _, step = _setup(**weights)
@@ -271,10 +275,9 @@ def test_pmap_jit_and_one_device_agree_with_the_critic_and_adapter():
 
 
 @pytest.fixture(scope="module")
-def teacher_dir(data_dir, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("kd_teacher")
-    train.train_and_evaluate(tiny(data_dir, mode="teacher"), workdir)
-    return workdir
+def teacher_dir(tiny_teacher_run):
+    """The session's tiny teacher run (read only)."""
+    return tiny_teacher_run.workdir
 
 
 def _ka_config(data_dir, teacher_dir, **overrides):

@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 from flax import serialization
 from flax.traverse_util import flatten_dict
-from helpers import run_command, tiny
+from helpers import run_command
 from PIL import Image
 
 import drd_jax
-from drd_jax import runs, serving, train
+from drd_jax import runs, serving
 from drd_jax.data import transforms
 from drd_jax.files import DiskFullError
 from experiments import export
@@ -37,10 +37,9 @@ OTHER_SIZE = (33, 47)  # an image of another size: segment runs an export at any
 
 
 @pytest.fixture(scope="module")
-def baseline_run(data_dir, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("baseline")
-    train.train_and_evaluate(tiny(data_dir), workdir)
-    return workdir
+def baseline_run(tiny_baseline_run):
+    """The session's tiny baseline run (read it, never write to it: copy it first)."""
+    return tiny_baseline_run.workdir
 
 
 @pytest.fixture(scope="module")
@@ -203,9 +202,8 @@ def test_bfloat16_export_through_the_command(baseline_run, export_dir, exported,
     assert (logits.argmax(-1) == logits32.argmax(-1)).mean() > 0.95
 
 
-def test_teacher_and_non_runs_are_refused(data_dir, tmp_path):
-    teacher = tmp_path / "teacher"  # one step, no evaluation: a teacher run directory, cheaply
-    train.train_and_evaluate(tiny(data_dir, mode="teacher", stop_after_steps=1), teacher)
+def test_teacher_and_non_runs_are_refused(tiny_teacher_run, tmp_path):
+    teacher = tiny_teacher_run.workdir
     out = tmp_path / "out"
     with pytest.raises(export.ExportError) as e:
         export.export(str(teacher), str(out))

@@ -11,10 +11,14 @@ from experiments.tools import fault_probes
 
 
 @pytest.fixture(scope="module")
-def shared(data_dir, tmp_path_factory) -> fault_probes.Shared:
-    """A finished tiny run and its export, on the session's data (read only)."""
-    workdir = tmp_path_factory.mktemp("probes_shared")
-    return fault_probes.prepare_shared(workdir, pathlib.Path(data_dir))
+def shared(data_dir, tiny_baseline_run, tmp_path_factory) -> fault_probes.Shared:
+    """The session's finished tiny baseline run and an export of it (32x32, for the CPU, as
+    ``fault_probes.prepare_shared`` makes them), on the session's data (read only)."""
+    from experiments import export
+
+    out = tmp_path_factory.mktemp("probes_shared") / "export"
+    export.export(str(tiny_baseline_run.workdir), str(out), input_size=(32, 32), platforms=("cpu",))
+    return fault_probes.Shared(pathlib.Path(data_dir), tiny_baseline_run.workdir, out)
 
 
 def test_quick_fault_probes_are_refused_cleanly(shared, tmp_path):

@@ -199,18 +199,19 @@ def test_the_standin_rows_start_where_the_paper_protocol_says():
 def test_the_equal_budget_bl_trains_for_the_teachers_steps_plus_the_students(tmp_path):
     base = synthetic.get_config("demo")
     t3 = rows("3", standin="/x.npz", equal_budget=True, num_train_steps=base.num_train_steps)
-    runs = {r.run.key: r.run for r in t3}
+    table_runs = {r.run.key: r.run for r in t3}
     steps = {
-        key: reproduce.run_config(base, run, tmp_path).num_train_steps for key, run in runs.items()
+        key: reproduce.run_config(base, run, tmp_path).num_train_steps
+        for key, run in table_runs.items()
     }
     for suffix in ("", protocols.STANDIN_SUFFIX):
-        teacher = runs[f"sn{suffix}"].teacher_run
+        teacher = table_runs[f"sn{suffix}"].teacher_run
         teacher_steps = reproduce.run_config(base, teacher, tmp_path).num_train_steps
         equal = steps[f"{protocols.EQUAL_BUDGET_KEY}{suffix}"]
         assert equal == teacher_steps + steps[f"sn{suffix}"] == 960
-    config = reproduce.run_config(base, runs[protocols.EQUAL_BUDGET_KEY], tmp_path)
+    config = reproduce.run_config(base, table_runs[protocols.EQUAL_BUDGET_KEY], tmp_path)
     assert (config.mode, config.init, config.pretrained_path) == ("baseline", "scratch", "")
-    config = reproduce.run_config(base, runs["bl_equal_steps_standin"], tmp_path)
+    config = reproduce.run_config(base, table_runs["bl_equal_steps_standin"], tmp_path)
     assert (config.init, config.pretrained_path) == ("imagenet", "/x.npz")
     with pytest.raises(ValueError, match="num_train_steps"):
         rows("3", equal_budget=True)

@@ -224,6 +224,7 @@ def test_process_shards_are_disjoint_and_reassemble_the_global_batch(source):
     assert not p0 & p1
 
 
+@pytest.mark.integration
 def test_train_from_tfds_build_and_worker_processes(tmp_path):
     train_source = ip.load_data_source(
         "synthetic_rgbd/tiny", "train", data_dir=str(tmp_path), prepare=True

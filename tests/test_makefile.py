@@ -1,10 +1,12 @@
-"""The Makefile's install line for accelerators uses the jax version pinned in requirements.txt."""
+"""The Makefile: the install line for accelerators uses the jax version pinned in requirements.txt,
+bench-gpu and gpu-wheels, and test-fast's marker."""
 
 import os
 import pathlib
 import re
 import shutil
 import subprocess
+import tomllib
 
 import pytest
 
@@ -65,6 +67,15 @@ def test_bench_gpu_installs_the_carried_wheels_then_runs_the_benchmark():
     )
     assert "py3 -m pip install" in custom
     assert custom.endswith("py3 -m experiments.benchmarks.bench_gpu --output_dir=/o --batch=2")
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make")
+def test_test_fast_leaves_out_the_integration_tests_and_test_runs_everything():
+    fast = _dry_run("test-fast")
+    assert fast.endswith('.venv/bin/python -m pytest -q -n 2 --dist loadfile -m "not integration"')
+    assert _dry_run("test").endswith(".venv/bin/python -m pytest -q -n 2 --dist loadfile")
+    markers = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]
+    assert any(m.startswith("integration:") for m in markers["ini_options"]["markers"])
 
 
 def _script_packages(script: str) -> list[str]:

@@ -44,6 +44,7 @@ def _one_step(dtype):
     return state, new_state, metrics, logits
 
 
+@pytest.mark.integration  # a whole train step
 def test_a_bfloat16_step_keeps_float32_params_and_the_float32_loss():
     s32, new32, m32, logits32 = _one_step("float32")
     s16, new16, m16, logits16 = _one_step("bfloat16")

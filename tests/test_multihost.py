@@ -47,11 +47,14 @@ def _args(data_dir, workdir):
 
 
 def _env(devices: int) -> dict:
+    """The session's environment with ``devices`` CPU devices (its other XLA flags kept)."""
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    flags = [f for f in flags if not f.startswith("--xla_force_host_platform_device_count")]
     return dict(
         os.environ,
         JAX_PLATFORMS="cpu",
         JAX_DISABLE_MOST_OPTIMIZATIONS="1",
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        XLA_FLAGS=" ".join([*flags, f"--xla_force_host_platform_device_count={devices}"]),
     )
 
 

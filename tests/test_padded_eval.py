@@ -21,6 +21,15 @@ K = NUM_CLASSES
 SIZES = [(37, 45), (29, 51), (40, 33), (24, 32)]
 
 
+@pytest.fixture(scope="module")
+def variables():
+    """Variables of the tiny network (K classes), for every option below: teacher and student,
+    with or without pool5a, share one param tree. ``jit`` of ``init``: one compile instead of
+    one per operation."""
+    model = DeepLabVGG16(num_classes=K, width=1 / 16)
+    return jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+
+
 def _random_image(rng, h, w):
     image = rng.normal(size=(h, w, 3)).astype(np.float32)
     depth = rng.uniform(0.5, 5.0, size=(h, w)).astype(np.float32)
@@ -39,9 +48,8 @@ def _random_image(rng, h, w):
     ],
     ids=["student", "teacher", "teacher-nearest", "student-pool5a", "teacher-dpool5a"],
 )
-def test_padded_canvas_gives_the_unpadded_logits(options):
-    model = DeepLabVGG16(num_classes=5, width=1 / 16, **options)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), jnp.ones((1, 16, 16)))
+def test_padded_canvas_gives_the_unpadded_logits(variables, options):
+    model = DeepLabVGG16(num_classes=K, width=1 / 16, **options)
     apply = jax.jit(functools.partial(model.apply, variables))
     rng = np.random.default_rng(0)
     sizes = SIZES[:3]
@@ -59,9 +67,8 @@ def test_padded_canvas_gives_the_unpadded_logits(options):
         assert (got[i, h:] == 0).all() and (got[i, :, w:] == 0).all()
 
 
-def test_image_size_must_be_one_pair_per_image():
-    model = DeepLabVGG16(num_classes=5, width=1 / 16)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+def test_image_size_must_be_one_pair_per_image(variables):
+    model = DeepLabVGG16(num_classes=K, width=1 / 16)
     with pytest.raises(ValueError, match="image_size"):
         model.apply(variables, jnp.zeros((2, 16, 16, 3)), image_size=np.array([[16, 16]]))
 
@@ -120,11 +127,9 @@ def test_eval_pad_size(mixed_source):
 
 
 @pytest.mark.parametrize("depth_aware", [False, True], ids=["student", "teacher"])
-def test_padded_evaluation_compiles_once_and_counts_the_same(mixed_source, depth_aware):
+def test_padded_evaluation_compiles_once_and_counts_the_same(variables, mixed_source, depth_aware):
     model = DeepLabVGG16(num_classes=K, width=1 / 16, depth_aware=depth_aware)
-    params = model.init(jax.random.key(3), jnp.zeros((1, 16, 16, 3)), jnp.ones((1, 16, 16)))[
-        "params"
-    ]
+    params = variables["params"]
     par = DataParallel("jit", 1)
 
     def confusion(pad_to, batch_size):

@@ -372,6 +372,7 @@ def test_options_that_would_be_ignored_are_refused_first(
     assert not workdir.exists()
 
 
+@pytest.mark.integration
 def test_the_command_line_refuses_them_in_one_line(tmp_path):
     from helpers import run_command
 

@@ -27,7 +27,7 @@ from helpers import REPO_ROOT, SUBPROCESS_ENV, run_command, train_command
 
 from drd_jax.metric_writers import read_jsonl
 
-NUM_STEPS = 16
+NUM_STEPS = 8
 CKPT_EVERY = 2
 TMP_MARK = ".orbax-checkpoint-tmp"
 TIMEOUT_S = 300

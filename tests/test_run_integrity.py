@@ -19,11 +19,9 @@ pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 @pytest.fixture(scope="module")
-def finished(data_dir, tmp_path_factory) -> pathlib.Path:
-    """A finished tiny baseline run (read it, never write to it: copy it first)."""
-    workdir = tmp_path_factory.mktemp("finished") / "run"
-    train.train_and_evaluate(tiny(data_dir), workdir)
-    return workdir
+def finished(tiny_baseline_run) -> pathlib.Path:
+    """The session's finished tiny baseline run (read it, never write to it: copy it first)."""
+    return tiny_baseline_run.workdir
 
 
 def copy_run(workdir: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:

@@ -55,6 +55,7 @@ def test_mismatched_workdirs_are_refused():
         seed_table.seed_table([a, b], ["a", "b"])
 
 
+@pytest.mark.integration
 def test_entry_point_names_a_missing_results_file(tmp_path):
     (tmp_path / "ok").mkdir()
     (tmp_path / "ok" / "results.json").write_text(json.dumps(_body(0, 1.0, 2.0, [])))

@@ -1,4 +1,4 @@
-"""Tests of the ``experiments.segment`` command on tiny synthetic_rgbd runs.
+"""Tests of the ``experiments.segment`` command on the session's tiny synthetic_rgbd runs.
 
 The command runs in a subprocess (absl parses flags once per process). Its predictions are checked
 against the run's model applied here, in-process, to the image normalised by the evaluation
@@ -19,9 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from drd_jax import runs, train, visualize
+from drd_jax import runs, visualize
 from drd_jax.data import transforms
-from experiments.configs import synthetic
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_CLASSES = 6
@@ -31,28 +30,16 @@ SIZES = {"first": (40, 56), "second": (33, 47)}  # (H, W): two distinct shapes, 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
-def tiny(data_dir, **overrides):
-    c = synthetic.get_config("tiny")
-    c.data_dir = data_dir
-    for k, v in overrides.items():
-        c[k] = v
-    return c
+@pytest.fixture(scope="module")
+def baseline_run(tiny_baseline_run):
+    """The session's tiny baseline run (read it, never write to it)."""
+    return tiny_baseline_run.workdir
 
 
 @pytest.fixture(scope="module")
-def baseline_run(data_dir, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("baseline")
-    train.train_and_evaluate(tiny(data_dir, mode="baseline"), workdir)
-    return workdir
-
-
-@pytest.fixture(scope="module")
-def teacher_run(data_dir, tmp_path_factory):
-    # One step, no evaluation (stop_after_steps): a valid run directory, cheaply.
-    workdir = tmp_path_factory.mktemp("teacher")
-    result = train.train_and_evaluate(tiny(data_dir, mode="teacher", stop_after_steps=1), workdir)
-    assert result["stopped_at_step"] == 1
-    return workdir
+def teacher_run(tiny_teacher_run):
+    """The session's tiny teacher run (read it, never write to it)."""
+    return tiny_teacher_run.workdir
 
 
 @pytest.fixture(scope="module")
@@ -176,6 +163,7 @@ def test_missing_image_fails_and_writes_nothing(baseline_run, images, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("kind", ["empty", "absent"])
 def test_not_a_run_checkpoint_fails(kind, images, tmp_path):
     checkpoint = tmp_path / "not_a_run"

@@ -42,10 +42,9 @@ def read_final(workdir) -> dict:
 
 
 @pytest.fixture(scope="module")
-def teacher_run(data_dir, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("teacher")
-    result = train.train_and_evaluate(tiny(data_dir, mode="teacher"), workdir)
-    return workdir, result
+def teacher_run(tiny_teacher_run):
+    """``(workdir, result)`` of the session's tiny teacher (read it, never write to it)."""
+    return tiny_teacher_run
 
 
 @pytest.fixture(scope="module")
