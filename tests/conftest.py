@@ -18,8 +18,12 @@ that need them skip when the folder is absent.
 
 Training tests share ``data_dir`` (``synthetic_rgbd/tiny``, built once per session, read only)
 and the session's finished tiny runs (:func:`tiny_baseline_run`, :func:`tiny_teacher_run`: read
-them, never write to them; copy one first). The tests that train or run the command-line tools
-are marked ``integration`` (:data:`INTEGRATION`); ``make test-fast`` runs the others.
+them, never write to them; copy one first).
+
+Marker ``integration``: the tests that train (they need ``data_dir``), take a whole train step,
+run a command or Python in a subprocess, build a dataset or install a package. This file marks
+those that need ``data_dir`` and the files of :data:`INTEGRATION`; the other files mark theirs
+with ``@pytest.mark.integration``. ``make test-fast`` runs the rest: the unit tests.
 """
 
 import contextlib

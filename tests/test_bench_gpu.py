@@ -14,8 +14,8 @@ pytestmark = pytest.mark.usefixtures("fast_compile")
 
 TINY = [
     "--batch=2",
-    "--height=32",
-    "--width_px=32",
+    "--height=16",
+    "--width_px=16",
     "--network_width=0.0625",
     "--repeats=1",
     "--dtypes=bfloat16",  # the targets that matter most are in bfloat16
