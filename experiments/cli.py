@@ -41,7 +41,6 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from drd_jax.errors import UserError
-from experiments import quiet_orbax
 
 __all__ = [
     "HELP_ARGS",
@@ -319,6 +318,8 @@ def _guarded(main: Callable):
     ``exit_status``, 2 for an ``app.UsageError``) unless verbose."""
 
     def guarded(argv):
+        from experiments import quiet_orbax  # loads orbax: not for a refused flag
+
         quiet_orbax.install()  # the filters check the verbosity as they run
         if not verbose():
             quiet_logs()

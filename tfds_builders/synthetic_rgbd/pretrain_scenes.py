@@ -101,17 +101,7 @@ def _appearance(rng: np.random.Generator, cls: int, k: int, num_fields: int) -> 
         kind = PREFERRED_TEXTURE[cls]
     else:
         kind = scenes.TEXTURES[int(rng.integers(len(scenes.TEXTURES)))]
-    return scenes._Appearance(
-        kind=kind,
-        c0=c0,
-        c1=c1,
-        freq=float(rng.uniform(0.25, 0.9)) if kind == "stripes" else float(rng.uniform(0.05, 0.2)),
-        angle=float(rng.uniform(0.0, np.pi)),
-        phase=float(rng.uniform(0.0, 2 * np.pi)),
-        amplitude=float(rng.uniform(15.0, 45.0)),
-        field=int(rng.integers(num_fields)),
-        threshold=float(rng.uniform(-0.3, 0.3)),
-    )
+    return scenes.textured_appearance(rng, kind, c0, c1, num_fields)
 
 
 def shape_mask(rng: np.random.Generator, cls: int, u: np.ndarray, v: np.ndarray, r: float):

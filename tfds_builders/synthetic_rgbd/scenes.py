@@ -221,6 +221,24 @@ def _colour(rng: np.random.Generator, cls: int, bias: float, preferred: dict) ->
     return np.clip(c, 0.0, 255.0).astype(np.float32)
 
 
+def textured_appearance(
+    rng: np.random.Generator, kind: str, c0: np.ndarray, c1: np.ndarray, num_fields: int
+) -> _Appearance:
+    """An appearance of texture ``kind`` in colours ``c0``/``c1`` (RGB, 0..255) with its texture
+    parameters drawn from ``rng`` (frequency, angle, phase, amplitude, noise field, threshold)."""
+    return _Appearance(
+        kind=kind,
+        c0=c0,
+        c1=c1,
+        freq=float(rng.uniform(0.25, 0.9)) if kind == "stripes" else float(rng.uniform(0.05, 0.2)),
+        angle=float(rng.uniform(0.0, np.pi)),
+        phase=float(rng.uniform(0.0, 2 * np.pi)),
+        amplitude=float(rng.uniform(15.0, 45.0)),
+        field=int(rng.integers(num_fields)),
+        threshold=float(rng.uniform(-0.3, 0.3)),
+    )
+
+
 def _appearance(
     rng: np.random.Generator, cls: int, p: SceneParams, num_fields: int, allow_split: bool = True
 ) -> _Appearance:
@@ -234,17 +252,7 @@ def _appearance(
         kind = _PREFERRED_TEXTURE[cls]
     else:
         kind = TEXTURES[int(rng.integers(len(TEXTURES)))]
-    app = _Appearance(
-        kind=kind,
-        c0=c0,
-        c1=c1,
-        freq=float(rng.uniform(0.25, 0.9)) if kind == "stripes" else float(rng.uniform(0.05, 0.2)),
-        angle=float(rng.uniform(0.0, np.pi)),
-        phase=float(rng.uniform(0.0, 2 * np.pi)),
-        amplitude=float(rng.uniform(15.0, 45.0)),
-        field=int(rng.integers(num_fields)),
-        threshold=float(rng.uniform(-0.3, 0.3)),
-    )
+    app = textured_appearance(rng, kind, c0, c1, num_fields)
     if allow_split and rng.random() < p.two_tone_prob:
         other = _appearance(rng, cls, p, num_fields, allow_split=False)
         app.split = (0.0, 0.0, 0.0, other)  # the line is placed by the caller
