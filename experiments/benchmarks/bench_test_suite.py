@@ -2,6 +2,8 @@ r"""Times the whole test suite of several git revisions side by side (interleave
 
     python -m experiments.benchmarks.bench_test_suite --revisions=6b47daa,HEAD --repeats=1
     python -m experiments.benchmarks.bench_test_suite --revisions=HEAD --workers=0,2  # xdist -n
+    python -m experiments.benchmarks.bench_test_suite --revisions=HEAD --workers=2 \
+        --marker="not integration"  # make test-fast
 
 Each revision is checked out in a temporary ``git worktree`` and its suite run with this
 interpreter (``python -m pytest -q``), ``PYTHONPATH`` set to that checkout, and the shared test
@@ -10,7 +12,8 @@ Repeats are interleaved (A B A B ...) to spread the machine's noise over both. P
 markdown row per revision: wall seconds of each repeat, their median, the ratio to the first
 revision's median, and pytest's summary line. ``--workers`` runs each revision once per worker
 count (``pytest -n W --dist loadfile``, as ``make test``; 0 = in one process), each count a row of
-its own.
+its own. ``--marker`` selects tests by marker (``pytest -m``) in every row: ``"not integration"``
+is ``make test-fast``; a revision older than the marker runs its whole suite.
 """
 
 from __future__ import annotations
@@ -32,13 +35,19 @@ _REPEATS = flags.DEFINE_integer("repeats", 1, "Runs of each revision's suite.")
 _WORKERS = flags.DEFINE_list(
     "workers", ["0"], "pytest-xdist worker counts (pytest -n W; 0 = one process), each a row."
 )
+_MARKER = flags.DEFINE_string(
+    "marker", "", "pytest -m expression for every row ('not integration': make test-fast)."
+)
 
 ROOT = worktrees.REPO_ROOT
 
 
-def run_suite(checkout: pathlib.Path, shared_data: str, workers: int = 0) -> tuple[float, str]:
+def run_suite(
+    checkout: pathlib.Path, shared_data: str, workers: int = 0, marker: str = ""
+) -> tuple[float, str]:
     """``(wall seconds, pytest's summary line)`` of the suite in ``checkout``, run by ``workers``
-    pytest-xdist processes (0: in one process, as before xdist)."""
+    pytest-xdist processes (0: in one process, as before xdist), only the tests that ``marker``
+    (a ``pytest -m`` expression; '' = all) selects."""
     env = {**os.environ, "PYTHONPATH": str(checkout), "DRD_SHARED_DATA": shared_data}
     start = time.perf_counter()
     proc = subprocess.run(
@@ -53,6 +62,7 @@ def run_suite(checkout: pathlib.Path, shared_data: str, workers: int = 0) -> tup
             str(workers),
             "--dist",
             "loadfile",
+            *(["-m", marker] if marker else []),
         ],
         cwd=checkout,
         env=env,
@@ -87,19 +97,20 @@ def main(argv):
         for repeat in range(_REPEATS.value):
             for rev, w in rows:
                 commit, path = checkouts[rev]
-                seconds, summaries[rev, w] = run_suite(path, shared, w)
+                seconds, summaries[rev, w] = run_suite(path, shared, w, _MARKER.value)
                 times[rev, w].append(seconds)
                 result = f"{seconds:.0f} s, {summaries[rev, w]}"
                 print(f"repeat {repeat} {rev} ({commit}) -n {w}: {result}", flush=True)
     first = statistics.median(times[rows[0]])
-    print("\n| revision | commit | workers | seconds | median | ratio | pytest |")
-    print("|---|---|---:|---|---:|---:|---|")
+    marker = f"`-m {_MARKER.value}`" if _MARKER.value else "all"
+    print("\n| revision | commit | workers | tests | seconds | median | ratio | pytest |")
+    print("|---|---|---:|---|---|---:|---:|---|")
     for rev, w in rows:
         median = statistics.median(times[rev, w])
         each = ", ".join(f"{t:.0f}" for t in times[rev, w])
         ratio = median / first
         print(
-            f"| {rev} | {commits[rev]} | {w} | {each} | {median:.0f} | {ratio:.2f} | "
+            f"| {rev} | {commits[rev]} | {w} | {marker} | {each} | {median:.0f} | {ratio:.2f} | "
             f"{summaries[rev, w]} |"
         )
 
