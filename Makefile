@@ -2,7 +2,7 @@
 # Both create .venv on first use from requirements.txt (pinned) and install drd_jax in editable mode,
 # built with the pinned setuptools (no build isolation: nothing is downloaded to build it).
 # pip byte-compiles what it installs (about half of the install's 30 s): with
-# PYTHONDONTWRITEBYTECODE set, as on CI machines, nothing else would, and every process of the
+# PYTHONDONTWRITEBYTECODE set (as on our VMs) nothing else would, and every process of the
 # suite would compile jax, flax and TFDS from source again (--no-compile: suite 318 s -> 402 s).
 PYTHON ?= python3.11
 VENV := .venv
@@ -48,7 +48,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The unit tests alone (ops, layers, models, losses, metrics, config, checkpointing, input
-# pipeline...), about a minute and a half on 2 cores: the tests marked `integration` (they train
+# pipeline...), about 80 s on 2 cores: the tests marked `integration` (they train
 # or take a whole train step, run a command in a subprocess, build a dataset; tests/conftest.py
 # says which) are left out. `make test` runs them all.
 test-fast: $(STAMP)
