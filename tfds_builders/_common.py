@@ -128,6 +128,9 @@ class BuilderChecks:
       nothing, they are generated or built from manual downloads.
     * A prepared dataset whose ``dataset_info.json`` does not load raises
       :class:`DatasetInfoError` naming that file (TFDS: two chained protobuf tracebacks).
+    * No look-up of published metadata on TFDS's bucket: these datasets are not published there.
+      (For a dataset not yet prepared, TFDS 4.9.10's look-up makes an empty temporary folder,
+      ``<tmp>/tmp*tfds``, that nothing removes: one per builder.)
     """
 
     def __init__(self, *, config=None, **kwargs):
@@ -139,6 +142,11 @@ class BuilderChecks:
             if damaged is None:
                 raise
             raise DatasetInfoError(damaged, _reason(err), self._data_dir_root) from err
+
+    def dataset_info_from_configs(self, **kwargs):
+        info = super().dataset_info_from_configs(**kwargs)
+        info.initialize_from_bucket = _nothing_published  # this object only
+        return info
 
     def manual_build_command(self) -> str:
         """The builder command that prepares this dataset from a folder of manual downloads."""
@@ -159,6 +167,10 @@ class BuilderChecks:
 
     def _log_download_done(self) -> None:  # TFDS: after preparing
         logging.info("%s: prepared in %s", self._dataset_label(), self.data_dir)
+
+
+def _nothing_published() -> None:
+    """``DatasetInfo.initialize_from_bucket`` of our builders: there is nothing on the bucket."""
 
 
 def _unloadable_dataset_info(builder, err: BaseException) -> pathlib.Path | None:
