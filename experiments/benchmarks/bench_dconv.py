@@ -243,7 +243,8 @@ def _verdict(ok: bool) -> str:
 
 
 def format_preset_tables(preset, results, impl, max_time_ratio=1.5, max_mem_ratio=2.0) -> str:
-    """Issue-6 tables for one D-Conv implementation against the plain conv.
+    """The preset's tables for one D-Conv implementation against the plain conv: time ≤
+    ``max_time_ratio`` and peak memory ≤ ``max_mem_ratio`` times the plain conv's are the targets.
 
     ``results``: ``[(label, shape, count, rows)]`` with ``rows`` from ``bench_shape``. The first
     table is fwd+bwd (the targets), the second the forward alone (for analysis). Totals: over

@@ -10,10 +10,10 @@ The peer computes the same D-Conv the way the PyTorch ports of Depth-aware CNN d
 ``H = exp(−α·|D_neighbour − D_centre|)`` (centre: the middle tap), the columns multiplied by ``H``
 (broadcast over Cin), one matmul with the weight ``(Cout, Cin·k²)``. Zero-padded neighbours add
 nothing because the unfolded features are 0 there; the benchmark depth is valid everywhere, so the
-spec's ``H = 1`` for invalid pairs never matters. Ours is the jitted ``depth_aware_conv`` (``fast``)
-program of ``experiments.benchmarks.bench_dconv``. Both do forward + backward of
-``sum(y · cotangent)`` w.r.t. the features and the weight, keep the loss value, and include
-computing ``H`` from the depth map.
+rule ``H = 1`` for invalid pairs (docs/method.md) never matters. Ours is the jitted
+``depth_aware_conv`` (``fast``) program of ``experiments.benchmarks.bench_dconv``. Both do forward
++ backward of ``sum(y · cotangent)`` w.r.t. the features and the weight, keep the loss value, and
+include computing ``H`` from the depth map.
 
 For every distinct depth-aware conv shape of full-width DeepLab-VGG16 at 240×320, batch 2
 (``bench_dconv.VGG240_LAYERS``), the two are timed round-robin in one process (one run of each
