@@ -175,25 +175,20 @@ class TinyRun(NamedTuple):
     result: dict
 
 
-def _contents(directory: pathlib.Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*") if p.is_file()
-    }
-
-
 def _session_run(data_dir, tmp_path_factory, name: str, **overrides):
     """Trains ``helpers.tiny(data_dir, **overrides)`` in ``<tmp>/<name>/run`` (XLA optimisations
     off, as under ``fast_compile``); after the session, fails if a test wrote into it."""
-    from helpers import tiny
+    from helpers import folder_contents, tiny
 
     from drd_jax import train
 
     workdir = tmp_path_factory.mktemp(name) / "run"
     with xla_optimisations_off():
         result = train.train_and_evaluate(tiny(data_dir, **overrides), workdir)
-    before = _contents(workdir)
+    before = folder_contents(workdir)
     yield TinyRun(workdir, result)
-    assert _contents(workdir) == before, f"a test wrote into the session's {name} run: copy it"
+    changed = folder_contents(workdir) != before
+    assert not changed, f"a test wrote into the session's {name} run: copy it"
 
 
 @pytest.fixture(scope="session")

@@ -50,3 +50,23 @@ def run_command(command, timeout: int = 300) -> subprocess.CompletedProcess:
         check=False,
         timeout=timeout,
     )
+
+
+def folder_contents(directory: pathlib.Path) -> dict[str, bytes]:
+    """``{relative path: content}`` of everything under ``directory``; a folder's content is
+    ``b"<dir>"``, so a new empty folder counts as a change."""
+    return {
+        p.relative_to(directory).as_posix(): p.read_bytes() if p.is_file() else b"<dir>"
+        for p in sorted(directory.rglob("*"))
+    }
+
+
+def folder_stats(directory: pathlib.Path) -> dict[str, tuple[int, int, int]]:
+    """``{relative path: (size in bytes, mtime in ns, inode)}`` of ``directory`` itself (as
+    ``"."``) and everything under it: equal snapshots mean nothing was written, replaced or
+    touched, not only that the bytes are the same."""
+    stats = {p: p.stat() for p in sorted([directory, *directory.rglob("*")])}
+    return {
+        p.relative_to(directory).as_posix(): (s.st_size, s.st_mtime_ns, s.st_ino)
+        for p, s in stats.items()
+    }

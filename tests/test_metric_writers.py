@@ -8,6 +8,7 @@ import struct
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import folder_stats
 from tensorboardX.proto import event_pb2
 from tensorboardX.record_writer import masked_crc32c
 
@@ -152,21 +153,13 @@ def test_inactive_writer_writes_nothing(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
-def snapshot(directory: pathlib.Path) -> dict[str, tuple[int, int, int]]:
-    """``{relative path: (size, mtime_ns, inode)}`` of everything under ``directory``."""
-    return {
-        str(p.relative_to(directory)): (p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_ino)
-        for p in sorted(directory.rglob("*"))
-    }
-
-
 def test_resuming_at_the_end_rewrites_nothing(tmp_path, monkeypatch):
     """Readers never write: a log with nothing to drop is left as it is (a read-only run works)."""
     w = MetricWriter(tmp_path, tensorboard=False, curves_on_close=False)
     for step in (1, 2, 3):
         w.write_scalars(step, {"loss": 1.0})
     w.close()
-    before = snapshot(tmp_path)
+    before = folder_stats(tmp_path)
 
     def no_writes(*args, **kwargs):
         raise AssertionError("rewrote metrics.jsonl")
@@ -175,7 +168,7 @@ def test_resuming_at_the_end_rewrites_nothing(tmp_path, monkeypatch):
     w = MetricWriter(tmp_path, resume_step=3, tensorboard=False, curves_on_close=False)
     assert w.truncate_after(3) == 0 and w.truncate_after(10) == 0
     w.close()
-    assert snapshot(tmp_path) == before
+    assert folder_stats(tmp_path) == before
     assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2, 3]
 
 

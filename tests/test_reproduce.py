@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import folder_contents
 from PIL import Image
 
 from drd_jax import runs as runs_lib
@@ -218,13 +219,13 @@ def test_a_moved_copy_reuses_every_run(table1, data_dir, tmp_path):
     workdir, first = table1
     copy = tmp_path / "moved"
     shutil.copytree(workdir, copy, symlinks=True)
-    before = {p: p.read_bytes() for p in (copy / "runs").rglob("*") if p.is_file()}
+    before = folder_contents(copy / "runs")
     summary = reproduce.reproduce(tiny(data_dir), copy, ["1"], figure_images=0)
     assert all(run["reused"] for run in summary["runs"].values()), summary["runs"]
     assert [e["params_fingerprint"] for e in summary["tables"]["1"]] == [
         e["params_fingerprint"] for e in first["tables"]["1"]
     ]
-    assert {p: p.read_bytes() for p in (copy / "runs").rglob("*") if p.is_file()} == before
+    assert folder_contents(copy / "runs") == before
 
 
 def test_a_read_only_copy_reuses_every_run_and_writes_nothing(table1, data_dir, small_tmpfs):
@@ -232,12 +233,12 @@ def test_a_read_only_copy_reuses_every_run_and_writes_nothing(table1, data_dir, 
     fs = small_tmpfs("64m")
     copy = fs / "copy"
     shutil.copytree(workdir, copy, symlinks=True)
-    before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    before = folder_contents(copy)
     subprocess.run(["mount", "-o", "remount,ro", str(fs)], check=True, capture_output=True)
     summary = reproduce.reproduce(tiny(data_dir), copy, ["1"], figure_images=0)
     assert all(run["reused"] for run in summary["runs"].values())
     assert [e["ours"] for e in summary["tables"]["1"]] == [e["ours"] for e in first["tables"]["1"]]
-    assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
+    assert folder_contents(copy) == before
 
 
 def test_a_student_of_another_teacher_is_refused(table1):

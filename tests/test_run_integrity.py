@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import run_command, tiny, train_command
+from helpers import folder_contents, run_command, tiny, train_command
 
 from drd_jax import runs, serving, train
 from drd_jax.checkpointing import UnreadableCheckpointError
@@ -28,14 +28,6 @@ def copy_run(workdir: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
     copy = tmp_path / "run"
     shutil.copytree(workdir, copy)
     return copy
-
-
-def snapshot(directory: pathlib.Path) -> dict[str, bytes]:
-    """``{relative path: content}`` of every file under ``directory`` (and its empty dirs)."""
-    return {
-        str(p.relative_to(directory)): p.read_bytes() if p.is_file() else b"<dir>"
-        for p in sorted(directory.rglob("*"))
-    }
 
 
 def flip_bytes(step_dir: pathlib.Path, count: int = 16) -> pathlib.Path:
@@ -70,7 +62,7 @@ def test_damaged_bytes_are_refused_by_readers_and_never_retrained_over(
         with pytest.raises(UnreadableCheckpointError, match="differs from the checksum") as info:
             runs.load_run(workdir, checkpoint=which)
         assert str(damaged) in str(info.value) and "\n" not in str(info.value)
-    before = snapshot(workdir)
+    before = folder_contents(workdir)
     with pytest.raises(runs.FinishedRunError, match="final checkpoint .* is damaged"):
         train.train_and_evaluate(tiny(data_dir), workdir)
     # The command line says it in one line too, and nothing changed: results, checkpoints, logs.
@@ -78,7 +70,7 @@ def test_damaged_bytes_are_refused_by_readers_and_never_retrained_over(
         run_command(train_command(workdir, data_dir, "--config.num_train_steps=4"))
     )
     assert str(damaged) in line and "final_metrics.json" in line
-    assert snapshot(workdir) == before
+    assert folder_contents(workdir) == before
 
 
 def test_export_and_segment_refuse_a_damaged_checkpoint(finished, tmp_path):
@@ -122,10 +114,10 @@ def test_an_edited_config_json_is_refused(finished, data_dir, tmp_path):
         runs.load_run(workdir)
     with pytest.raises(export.ExportError, match="config.json was edited"):
         export.export(str(workdir), str(tmp_path / "out"), input_size=(32, 32), platforms=["cpu"])
-    before = snapshot(workdir)
+    before = folder_contents(workdir)
     with pytest.raises(ValueError, match="config.json was edited"):
         train.train_and_evaluate(tiny(data_dir), workdir)
-    assert snapshot(workdir) == before
+    assert folder_contents(workdir) == before
 
 
 def test_a_directory_holding_an_export_is_not_a_workdir(data_dir, tmp_path):
@@ -133,10 +125,10 @@ def test_a_directory_holding_an_export_is_not_a_workdir(data_dir, tmp_path):
     out.mkdir()
     card = {"format": serving.FORMAT, "format_version": serving.FORMAT_VERSION}
     (out / serving.CARD_NAME).write_text(json.dumps(card))
-    before = snapshot(out)
+    before = folder_contents(out)
     with pytest.raises(ValueError, match="holds an export"):
         train.train_and_evaluate(tiny(data_dir), out)
-    assert snapshot(out) == before
+    assert folder_contents(out) == before
 
 
 @pytest.fixture

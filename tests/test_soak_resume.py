@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import folder_contents
 
 from experiments.tools import soak_resume
 
@@ -116,15 +117,11 @@ def fake_checkpoints(workdir, seed=0):
     return workdir
 
 
-def snapshot(root):
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
-
-
 def test_flip_bytes_flips_exactly_what_it_reports(tmp_path):
     workdir = fake_checkpoints(tmp_path / "run")
-    before = snapshot(workdir)
+    before = folder_contents(workdir)
     flip = soak_resume.flip_bytes(workdir, np.random.default_rng(7), n_bytes=16, gap=2)
-    after = snapshot(workdir)
+    after = folder_contents(workdir)
     changed = [name for name in before if before[name] != after[name]]
     assert changed == [flip.file] and set(after) == set(before)
     assert flip.step in (2, 4) and flip.file.startswith(f"checkpoints/{flip.step}/state/")
@@ -142,7 +139,7 @@ def test_flip_bytes_is_seeded(tmp_path):
     a, b = fake_checkpoints(tmp_path / "a"), fake_checkpoints(tmp_path / "b")
     flips_a = [soak_resume.flip_bytes(a, np.random.default_rng(s)) for s in range(30)]
     flips_b = [soak_resume.flip_bytes(b, np.random.default_rng(s)) for s in range(30)]
-    assert flips_a == flips_b and snapshot(a) == snapshot(b)
+    assert flips_a == flips_b and folder_contents(a) == folder_contents(b)
     # Both committed steps get chosen, the newest more often; never the one being written; only
     # data files (in d/), the larger ones more often.
     steps = [f.step for f in flips_a]
@@ -156,9 +153,9 @@ def test_flip_bytes_without_a_committed_checkpoint_changes_nothing(tmp_path):
     workdir = fake_checkpoints(tmp_path / "run")
     for step in (2, 4):
         shutil.rmtree(workdir / "checkpoints" / str(step))
-    before = snapshot(workdir)
+    before = folder_contents(workdir)
     assert soak_resume.flip_bytes(workdir, np.random.default_rng(0)) is None
-    assert snapshot(workdir) == before
+    assert folder_contents(workdir) == before
     assert soak_resume.flip_bytes(tmp_path / "empty", np.random.default_rng(0)) is None
 
 

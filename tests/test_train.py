@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import tiny
+from helpers import folder_stats, tiny
 
 from drd_jax import config as config_lib
 from drd_jax import input_pipeline, loop, parallel, runs, steps, train
@@ -460,14 +460,6 @@ def copy_run(workdir, tmp_path) -> pathlib.Path:
     return copy
 
 
-def snapshot(directory: pathlib.Path) -> dict[str, tuple[int, int, int]]:
-    """``{relative path: (size, mtime_ns, inode)}`` of everything under ``directory``."""
-    return {
-        str(p.relative_to(directory)): (p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_ino)
-        for p in sorted([directory, *directory.rglob("*")])
-    }
-
-
 def test_a_refused_start_leaves_the_workdir_to_the_corrected_config(data_dir, tmp_path):
     workdir = tmp_path / "run"
     with pytest.raises(ValueError, match=r"config\.batch_size.*divisible"):
@@ -488,13 +480,13 @@ def test_a_finished_run_is_read_without_writing(baseline_run, data_dir, tmp_path
     from experiments import reproduce
 
     workdir = copy_run(baseline_run, tmp_path)
-    before = snapshot(workdir)
+    before = folder_stats(workdir)
     assert train.train_and_evaluate(tiny(data_dir), workdir) == read_final(workdir)
     assert runs.load_run(workdir).step == 4
     assert runs.load_run(workdir, checkpoint="latest").step == 4
     assert len(read_jsonl(workdir / "metrics.jsonl")) == 5
     assert reproduce.eval_curves({"bl": workdir})["bl"][0][0] == 4
-    assert snapshot(workdir) == before
+    assert folder_stats(workdir) == before
 
 
 def truncate_largest_file(step_dir: pathlib.Path) -> pathlib.Path:
@@ -517,11 +509,11 @@ def test_a_damaged_checkpoint_is_named_and_resume_falls_back_past_it(
         message = str(info.value)
         assert str(damaged) in message and "\n" not in message and "step 2" in message
     # The run had finished: its rerun refuses and writes nothing, results included.
-    before = snapshot(workdir)
+    before = folder_stats(workdir)
     with pytest.raises(runs.FinishedRunError) as info:
         train.train_and_evaluate(tiny(data_dir), workdir)
     assert str(damaged) in str(info.value) and "final_metrics.json" in str(info.value)
-    assert snapshot(workdir) == before
+    assert folder_stats(workdir) == before
     # Asked to retrain it (its results moved away), the training command falls back to step 2,
     # keeps the damaged step, and ends as before.
     (workdir / "final_metrics.json").rename(tmp_path / "kept.json")
