@@ -14,19 +14,39 @@ later process reads instead of compiling the source again).
 
 from __future__ import annotations
 
+import argparse
 import pathlib
 import shutil
 import statistics
 import subprocess
+import sys
 import time
-
-from absl import app, flags
 
 from experiments.tools import worktrees
 
-_REVISIONS = flags.DEFINE_list("revisions", ["HEAD~1", "HEAD"], "git revisions to compare.")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Installs of each revision.")
-_PYTHON = flags.DEFINE_string("python", "python3.11", "The interpreter the venv is made from.")
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The command's flags; ``--revisions`` becomes a list. A bad value exits with status 2."""
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.benchmarks.bench_install", description=__doc__
+    )
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("--revisions", default="HEAD~1,HEAD", help="git revisions to compare")
+    p.add_argument("--repeats", type=int, default=3, help="installs of each revision")
+    p.add_argument("--python", default="python3.11", help="the interpreter the venv is made from")
+    args = p.parse_args(argv)
+    args.revisions = [r for r in args.revisions.split(",") if r]
+    if not args.revisions:
+        p.error("--revisions: expected at least one git revision")
+    if args.repeats < 1:
+        p.error(f"--repeats: expected >= 1, got {args.repeats}")
+    if shutil.which(args.python) is None:
+        p.error(f"--python: {args.python!r} is not on PATH")
+    try:
+        args.commits = worktrees.resolve(args.revisions)
+    except ValueError as e:
+        p.error(f"--revisions: {e}")
+    return args
 
 
 def make_install(checkout: pathlib.Path, python: str) -> tuple[float, int]:
@@ -43,37 +63,30 @@ def make_install(checkout: pathlib.Path, python: str) -> tuple[float, int]:
     return seconds, sum(1 for _ in (checkout / ".venv").rglob("*.pyc"))
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if _REPEATS.value < 1:
-        raise app.UsageError(f"--repeats must be >= 1, got {_REPEATS.value}")
-    if shutil.which(_PYTHON.value) is None:
-        raise app.UsageError(f"--python: {_PYTHON.value!r} is not on PATH")
-    try:
-        commits = worktrees.resolve(_REVISIONS.value)
-    except ValueError as e:
-        raise app.UsageError(f"--revisions: {e}") from None
-    times: dict[str, list[float]] = {rev: [] for rev in _REVISIONS.value}
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    commits = args.commits
+    times: dict[str, list[float]] = {rev: [] for rev in args.revisions}
     pycs: dict[str, int] = {}
     with worktrees.checkouts(commits) as checkouts:
-        for repeat in range(_REPEATS.value):
-            for rev in _REVISIONS.value:
+        for repeat in range(args.repeats):
+            for rev in args.revisions:
                 commit, path = checkouts[rev]
-                seconds, pycs[rev] = make_install(path, _PYTHON.value)
+                seconds, pycs[rev] = make_install(path, args.python)
                 times[rev].append(seconds)
                 print(f"repeat {repeat} {rev} ({commit}): {seconds:.1f} s", flush=True)
-    first = statistics.median(times[_REVISIONS.value[0]])
+    first = statistics.median(times[args.revisions[0]])
     print("\n| revision | commit | seconds | median | ratio | .pyc files |")
     print("|---|---|---|---:|---:|---:|")
-    for rev in _REVISIONS.value:
+    for rev in args.revisions:
         median = statistics.median(times[rev])
         each = ", ".join(f"{t:.1f}" for t in times[rev])
         print(
             f"| {rev} | {commits[rev]} | {each} | {median:.1f} | {median / first:.2f} "
             f"| {pycs[rev]} |"
         )
+    return 0
 
 
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(main())
