@@ -4,7 +4,10 @@ one name per distillation term, and config fingerprints that stay what workdirs 
 import ast
 import dataclasses
 import importlib
+import os
 import pathlib
+import subprocess
+import sys
 
 import ml_collections
 import pytest
@@ -227,3 +230,22 @@ def test_fingerprints_of_recorded_workdirs_do_not_change():
     assert config_lib.fingerprint(ml_collections.ConfigDict(student.to_dict())) == (
         "cdd9ec5461d308197cd1d44786a2c2c53fcf7369212ecc5bdb6d7705039d11ac"
     )
+
+
+def test_every_experiments_module_imports_beside_every_other():
+    """absl flags are process-wide: a script defines its flags when run (``define_flags()``
+    under ``if __name__ == "__main__"``) or at import only if no other module defines the same
+    name, so that a notebook, a test or another script can import any of them together (two
+    benchmarks with ``--repeats`` at import time could not be). In a fresh process."""
+    code = (
+        "import importlib, pkgutil, experiments\n"
+        "for m in pkgutil.walk_packages(experiments.__path__, 'experiments.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "print(len(list(pkgutil.walk_packages(experiments.__path__, 'experiments.'))))\n"
+    )
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert int(proc.stdout) > 20  # the scripts, benchmarks and tools were found and imported

@@ -21,8 +21,7 @@ import time
 
 from absl import app, flags
 
-_KEEP = flags.DEFINE_string("keep", None, "Clone here and keep it (default: a temporary dir).")
-_PYTHON = flags.DEFINE_string("python", "python3.11", "Interpreter that creates the .venv.")
+FLAGS = flags.FLAGS
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -63,18 +62,25 @@ def table(t: dict) -> str:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if _KEEP.value:
-        clone = pathlib.Path(_KEEP.value).absolute()
+    if FLAGS.keep:
+        clone = pathlib.Path(FLAGS.keep).absolute()
         if clone.exists():
             raise app.UsageError(f"--keep={clone} exists; give a new directory")
-        print(table(bench(clone, _PYTHON.value)))
+        print(table(bench(clone, FLAGS.python)))
         return
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="drd_demo_bench_"))
     try:
-        print(table(bench(tmp / "clone", _PYTHON.value)))
+        print(table(bench(tmp / "clone", FLAGS.python)))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def define_flags() -> None:
+    """The command line (defined only when run as a script, so importing this module is free)."""
+    flags.DEFINE_string("keep", None, "Clone here and keep it (default: a temporary dir).")
+    flags.DEFINE_string("python", "python3.11", "Interpreter that creates the .venv.")
+
+
 if __name__ == "__main__":
+    define_flags()
     sys.exit(app.run(main))

@@ -38,11 +38,7 @@ from tfds_builders.synthetic_rgbd import NUM_CLASSES, scenes
 # SUN RGB-D's sensors: (height, width) of their frames.
 SUN_SIZES = {"kv2": (530, 730), "realsense": (531, 681), "kv1": (427, 561), "xtion": (441, 591)}
 
-_SCALE = flags.DEFINE_float("scale", 4.0, "Divide SUN RGB-D's sizes by this.")
-_IMAGES = flags.DEFINE_integer("images", 24, "Test images (cycling through the four sizes).")
-_WIDTH = flags.DEFINE_float("width", 0.125, "Width multiplier of DeepLab-VGG16.")
-_DEPTH_AWARE = flags.DEFINE_bool("depth_aware", False, "Evaluate a teacher (D-Conv) instead.")
-_BATCHES = flags.DEFINE_list("batch_sizes", ["1", "4"], "Batch sizes of the padded settings.")
+FLAGS = flags.FLAGS
 
 
 def sun_like_source(num_images: int, scale: float) -> list[dict]:
@@ -72,10 +68,8 @@ def run_setting(model, params, source, *, pad_to, batch_size: int) -> dict:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    source = sun_like_source(_IMAGES.value, _SCALE.value)
-    model = DeepLabVGG16(
-        num_classes=NUM_CLASSES, width=_WIDTH.value, depth_aware=_DEPTH_AWARE.value
-    )
+    source = sun_like_source(FLAGS.images, FLAGS.scale)
+    model = DeepLabVGG16(num_classes=NUM_CLASSES, width=FLAGS.width, depth_aware=FLAGS.depth_aware)
     params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), jnp.ones((1, 32, 32)))
     params = params["params"]
     start = time.perf_counter()
@@ -84,11 +78,11 @@ def main(argv):
     sizes = sorted({tuple(ex["depth"].shape) for ex in source})
     print(
         f"{len(source)} images in sizes {sizes}; canvas {pad_to} (size scan {scan:.2f} s); "
-        f"{'teacher' if _DEPTH_AWARE.value else 'student'} width {_WIDTH.value:g}; "
+        f"{'teacher' if FLAGS.depth_aware else 'student'} width {FLAGS.width:g}; "
         f"{jax.devices()[0].device_kind}, jax {jax.__version__}"
     )
     settings = {"per size, batch 1": run_setting(model, params, source, pad_to=None, batch_size=1)}
-    for b in map(int, _BATCHES.value):
+    for b in map(int, FLAGS.batch_sizes):
         name = f"padded, batch {b}"
         settings[name] = run_setting(model, params, source, pad_to=pad_to, batch_size=b)
     reference = settings["per size, batch 1"]
@@ -102,5 +96,15 @@ def main(argv):
         )
 
 
+def define_flags() -> None:
+    """The command line (defined only when run as a script, so importing this module is free)."""
+    flags.DEFINE_float("scale", 4.0, "Divide SUN RGB-D's sizes by this.")
+    flags.DEFINE_integer("images", 24, "Test images (cycling through the four sizes).")
+    flags.DEFINE_float("width", 0.125, "Width multiplier of DeepLab-VGG16.")
+    flags.DEFINE_bool("depth_aware", False, "Evaluate a teacher (D-Conv) instead.")
+    flags.DEFINE_list("batch_sizes", ["1", "4"], "Batch sizes of the padded settings.")
+
+
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

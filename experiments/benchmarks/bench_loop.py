@@ -27,15 +27,7 @@ from absl import app, flags
 
 from experiments.tools import worktrees
 
-_REVISIONS = flags.DEFINE_list("revisions", [], "git revisions to compare ([] = this code).")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Measurements per revision and parallel kind.")
-_PARALLEL = flags.DEFINE_list("parallel", ["jit", "pmap"], "config.parallel values.")
-_DEVICES = flags.DEFINE_integer("devices", 2, "Forced host devices.")
-_SHORT = flags.DEFINE_integer("short", 20, "Steps of the short run.")
-_LONG = flags.DEFINE_integer("long", 220, "Steps of the long run.")
-_LOG_EVERY = flags.DEFINE_integer("log_every_steps", 50, "config.log_every_steps.")
-_CKPT_EVERY = flags.DEFINE_integer("checkpoint_every_steps", 100, "config.checkpoint_every_steps.")
-_DATA_DIR = flags.DEFINE_string("data_dir", "", "Where synthetic_rgbd/tiny is (built if absent).")
+FLAGS = flags.FLAGS
 
 
 def _train_seconds(parallel: str, steps: int, workdir: pathlib.Path, data_dir: str) -> float:
@@ -44,8 +36,8 @@ def _train_seconds(parallel: str, steps: int, workdir: pathlib.Path, data_dir: s
 
     c = synthetic.get_config("tiny")
     c.data_dir, c.mode, c.parallel = data_dir, "baseline", parallel
-    c.num_train_steps, c.log_every_steps = steps, _LOG_EVERY.value
-    c.checkpoint_every_steps, c.eval_every_steps = _CKPT_EVERY.value, 0
+    c.num_train_steps, c.log_every_steps = steps, FLAGS.log_every_steps
+    c.checkpoint_every_steps, c.eval_every_steps = FLAGS.checkpoint_every_steps, 0
     start = time.perf_counter()
     train_and_evaluate(c, workdir)
     return time.perf_counter() - start
@@ -55,23 +47,23 @@ def measure(data_dir: str) -> dict[str, float]:
     """``{parallel: steps/s}`` of this process's code (one measurement each)."""
     out = {}
     with tempfile.TemporaryDirectory(prefix="bench_loop_") as tmp:
-        for kind in _PARALLEL.value:
-            _train_seconds(kind, _SHORT.value, pathlib.Path(tmp) / f"{kind}_warmup", data_dir)
-            short = _train_seconds(kind, _SHORT.value, pathlib.Path(tmp) / f"{kind}_s", data_dir)
-            long = _train_seconds(kind, _LONG.value, pathlib.Path(tmp) / f"{kind}_l", data_dir)
-            out[kind] = (_LONG.value - _SHORT.value) / (long - short)
+        for kind in FLAGS.parallel:
+            _train_seconds(kind, FLAGS.short, pathlib.Path(tmp) / f"{kind}_warmup", data_dir)
+            short = _train_seconds(kind, FLAGS.short, pathlib.Path(tmp) / f"{kind}_s", data_dir)
+            long = _train_seconds(kind, FLAGS.long, pathlib.Path(tmp) / f"{kind}_l", data_dir)
+            out[kind] = (FLAGS.long - FLAGS.short) / (long - short)
     return out
 
 
 def _measure_in(checkout: pathlib.Path, data_dir: str) -> dict[str, float]:
     """One :func:`measure` of the code in ``checkout``, in a subprocess."""
     flags_ = [
-        f"--parallel={','.join(_PARALLEL.value)}",
-        f"--devices={_DEVICES.value}",
-        f"--short={_SHORT.value}",
-        f"--long={_LONG.value}",
-        f"--log_every_steps={_LOG_EVERY.value}",
-        f"--checkpoint_every_steps={_CKPT_EVERY.value}",
+        f"--parallel={','.join(FLAGS.parallel)}",
+        f"--devices={FLAGS.devices}",
+        f"--short={FLAGS.short}",
+        f"--long={FLAGS.long}",
+        f"--log_every_steps={FLAGS.log_every_steps}",
+        f"--checkpoint_every_steps={FLAGS.checkpoint_every_steps}",
         f"--data_dir={data_dir}",
         "--repeats=1",
     ]
@@ -91,28 +83,28 @@ def _measure_in(checkout: pathlib.Path, data_dir: str) -> dict[str, float]:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if _LONG.value <= _SHORT.value:
-        raise app.UsageError(f"--long ({_LONG.value}) must exceed --short ({_SHORT.value})")
-    data_dir = _DATA_DIR.value or tempfile.mkdtemp(prefix="bench_loop_data_")
+    if FLAGS.long <= FLAGS.short:
+        raise app.UsageError(f"--long ({FLAGS.long}) must exceed --short ({FLAGS.short})")
+    data_dir = FLAGS.data_dir or tempfile.mkdtemp(prefix="bench_loop_data_")
     results: dict[str, list[dict[str, float]]] = {}
-    if not _REVISIONS.value:
-        results[""] = [measure(data_dir) for _ in range(_REPEATS.value)]
+    if not FLAGS.revisions:
+        results[""] = [measure(data_dir) for _ in range(FLAGS.repeats)]
     else:
         try:
-            commits = worktrees.resolve(_REVISIONS.value)
+            commits = worktrees.resolve(FLAGS.revisions)
         except ValueError as e:
             raise app.UsageError(f"--revisions: {e}") from None
         with worktrees.checkouts(commits) as checkouts:
-            for repeat in range(_REPEATS.value):
+            for repeat in range(FLAGS.repeats):
                 for rev, (commit, path) in checkouts.items():
                     m = _measure_in(path, data_dir)
                     results.setdefault(f"{rev} ({commit})", []).append(m)
                     print(f"repeat {repeat} {rev}: {m}", flush=True)
-    print(f"\n{_DEVICES.value} forced CPU devices, steps {_SHORT.value} -> {_LONG.value}")
+    print(f"\n{FLAGS.devices} forced CPU devices, steps {FLAGS.short} -> {FLAGS.long}")
     print("| code | parallel | steps/s (each) | median |")
     print("|---|---|---|---:|")
     for code, runs in results.items():
-        for kind in _PARALLEL.value:
+        for kind in FLAGS.parallel:
             each = [r[kind] for r in runs]
             shown = ", ".join(f"{v:.1f}" for v in each)
             print(
@@ -121,7 +113,21 @@ def main(argv):
     print(json.dumps({"steps_per_sec": results}))
 
 
+def define_flags() -> None:
+    """The command line (defined only when run as a script, so importing this module is free)."""
+    flags.DEFINE_list("revisions", [], "git revisions to compare ([] = this code).")
+    flags.DEFINE_integer("repeats", 3, "Measurements per revision and parallel kind.")
+    flags.DEFINE_list("parallel", ["jit", "pmap"], "config.parallel values.")
+    flags.DEFINE_integer("devices", 2, "Forced host devices.")
+    flags.DEFINE_integer("short", 20, "Steps of the short run.")
+    flags.DEFINE_integer("long", 220, "Steps of the long run.")
+    flags.DEFINE_integer("log_every_steps", 50, "config.log_every_steps.")
+    flags.DEFINE_integer("checkpoint_every_steps", 100, "config.checkpoint_every_steps.")
+    flags.DEFINE_string("data_dir", "", "Where synthetic_rgbd/tiny is (built if absent).")
+
+
 if __name__ == "__main__":
+    define_flags()
     # Forced host devices must be set before jax is imported (by the measurement).
     count = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--devices=")), "2")
     os.environ["XLA_FLAGS"] = (

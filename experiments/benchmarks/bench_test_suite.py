@@ -30,14 +30,7 @@ from absl import app, flags
 
 from experiments.tools import worktrees
 
-_REVISIONS = flags.DEFINE_list("revisions", ["HEAD~1", "HEAD"], "git revisions to compare.")
-_REPEATS = flags.DEFINE_integer("repeats", 1, "Runs of each revision's suite.")
-_WORKERS = flags.DEFINE_list(
-    "workers", ["0"], "pytest-xdist worker counts (pytest -n W; 0 = one process), each a row."
-)
-_MARKER = flags.DEFINE_string(
-    "marker", "", "pytest -m expression for every row ('not integration': make test-fast)."
-)
+FLAGS = flags.FLAGS
 
 ROOT = worktrees.REPO_ROOT
 
@@ -77,32 +70,32 @@ def run_suite(
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if _REPEATS.value < 1:
-        raise app.UsageError(f"--repeats must be >= 1, got {_REPEATS.value}")
+    if FLAGS.repeats < 1:
+        raise app.UsageError(f"--repeats must be >= 1, got {FLAGS.repeats}")
     shared = os.environ.get("DRD_SHARED_DATA", str(ROOT.parent / "shared" / "data"))
     try:
-        commits = worktrees.resolve(_REVISIONS.value)
+        commits = worktrees.resolve(FLAGS.revisions)
     except ValueError as e:
         raise app.UsageError(f"--revisions: {e}") from None
     try:
-        workers = [int(w) for w in _WORKERS.value]
+        workers = [int(w) for w in FLAGS.workers]
     except ValueError:
-        raise app.UsageError(f"--workers: integers >= 0, got {_WORKERS.value}") from None
+        raise app.UsageError(f"--workers: integers >= 0, got {FLAGS.workers}") from None
     if not workers or min(workers) < 0:
-        raise app.UsageError(f"--workers: integers >= 0, got {_WORKERS.value}")
-    rows = [(rev, w) for rev in _REVISIONS.value for w in workers]
+        raise app.UsageError(f"--workers: integers >= 0, got {FLAGS.workers}")
+    rows = [(rev, w) for rev in FLAGS.revisions for w in workers]
     times: dict[tuple[str, int], list[float]] = {row: [] for row in rows}
     summaries: dict[tuple[str, int], str] = {}
     with worktrees.checkouts(commits) as checkouts:
-        for repeat in range(_REPEATS.value):
+        for repeat in range(FLAGS.repeats):
             for rev, w in rows:
                 commit, path = checkouts[rev]
-                seconds, summaries[rev, w] = run_suite(path, shared, w, _MARKER.value)
+                seconds, summaries[rev, w] = run_suite(path, shared, w, FLAGS.marker)
                 times[rev, w].append(seconds)
                 result = f"{seconds:.0f} s, {summaries[rev, w]}"
                 print(f"repeat {repeat} {rev} ({commit}) -n {w}: {result}", flush=True)
     first = statistics.median(times[rows[0]])
-    marker = f"`-m {_MARKER.value}`" if _MARKER.value else "all"
+    marker = f"`-m {FLAGS.marker}`" if FLAGS.marker else "all"
     print("\n| revision | commit | workers | tests | seconds | median | ratio | pytest |")
     print("|---|---|---:|---|---|---:|---:|---|")
     for rev, w in rows:
@@ -115,5 +108,18 @@ def main(argv):
         )
 
 
+def define_flags() -> None:
+    """The command line (defined only when run as a script, so importing this module is free)."""
+    flags.DEFINE_list("revisions", ["HEAD~1", "HEAD"], "git revisions to compare.")
+    flags.DEFINE_integer("repeats", 1, "Runs of each revision's suite.")
+    flags.DEFINE_list(
+        "workers", ["0"], "pytest-xdist worker counts (pytest -n W; 0 = one process), each a row."
+    )
+    flags.DEFINE_string(
+        "marker", "", "pytest -m expression for every row ('not integration': make test-fast)."
+    )
+
+
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -39,19 +39,7 @@ from drd_jax import state as state_lib
 from drd_jax import steps
 from experiments.configs import base
 
-_WIDTH = flags.DEFINE_float("width", 1.0, "Width multiplier of DeepLab-VGG16 (1 = full).")
-_HEIGHT = flags.DEFINE_integer("height", 240, "Image height (pixels).")
-_WIDTH_PX = flags.DEFINE_integer("width_px", 320, "Image width (pixels).")
-_BATCH = flags.DEFINE_integer("batch", 2, "Batch size.")
-_CLASSES = flags.DEFINE_integer("num_classes", 40, "Number of classes.")
-_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed steps per program (median reported).")
-_WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed steps per program after compiling.")
-_LAYERS = flags.DEFINE_enum(
-    "depth_aware_layers", "all", ["all", "block_first"], "Teacher's depth-aware layers."
-)
-_IMPL = flags.DEFINE_string("conv_implementation", "fast", "D-Conv implementation.")
-_VTCE = flags.DEFINE_bool("with_vtce", False, "Also time the student step with VTCE.")
-_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+FLAGS = flags.FLAGS
 
 
 class Program(NamedTuple):
@@ -186,26 +174,26 @@ def format_step_table(rows: list[dict], extra: Sequence[tuple[str, str]] = ()) -
 def _flag_config(mode: str):
     return make_config(
         mode,
-        width=_WIDTH.value,
-        batch=_BATCH.value,
-        height=_HEIGHT.value,
-        width_px=_WIDTH_PX.value,
-        depth_aware_layers=_LAYERS.value,
-        dtype=_DTYPE.value,
+        width=FLAGS.width,
+        batch=FLAGS.batch,
+        height=FLAGS.height,
+        width_px=FLAGS.width_px,
+        depth_aware_layers=FLAGS.depth_aware_layers,
+        dtype=FLAGS.dtype,
     )
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    shape = dict(batch=_BATCH.value, height=_HEIGHT.value, width_px=_WIDTH_PX.value)
-    k, impl = _CLASSES.value, _IMPL.value
+    shape = dict(batch=FLAGS.batch, height=FLAGS.height, width_px=FLAGS.width_px)
+    k, impl = FLAGS.num_classes, FLAGS.conv_implementation
     first = random_batch(np.random.default_rng(0), **shape, classes=k)
     programs = {
         "student": compile_step(_flag_config("baseline"), first, classes=k, implementation=impl),
         "teacher": compile_step(_flag_config("teacher"), first, classes=k, implementation=impl),
     }
-    if _VTCE.value:
+    if FLAGS.with_vtce:
         programs["student+vtce"] = compile_step(
             _flag_config("baseline"),
             first,
@@ -216,14 +204,32 @@ def main(argv):
         )
     batch = random_batch(np.random.default_rng(1), **shape, classes=k)
     states = {name: p.state for name, p in programs.items()}
-    times = time_steps(programs, states, batch, warmup=_WARMUP.value, repeats=_REPEATS.value)
+    times = time_steps(programs, states, batch, warmup=FLAGS.warmup, repeats=FLAGS.repeats)
     print(
-        f"DeepLab-VGG16 width {_WIDTH.value:g}, {_HEIGHT.value}x{_WIDTH_PX.value}, batch "
-        f"{_BATCH.value}, {k} classes, {_DTYPE.value}, depth-aware layers "
-        f"'{_LAYERS.value}', D-Conv '{impl}', {jax.devices()[0].device_kind}"
+        f"DeepLab-VGG16 width {FLAGS.width:g}, {FLAGS.height}x{FLAGS.width_px}, batch "
+        f"{FLAGS.batch}, {k} classes, {FLAGS.dtype}, depth-aware layers "
+        f"'{FLAGS.depth_aware_layers}', D-Conv '{impl}', {jax.devices()[0].device_kind}"
     )
-    print(format_step_table(step_rows(programs, times, _BATCH.value)))
+    print(format_step_table(step_rows(programs, times, FLAGS.batch)))
+
+
+def define_flags() -> None:
+    """The command line (defined only when run as a script, so importing this module is free)."""
+    flags.DEFINE_float("width", 1.0, "Width multiplier of DeepLab-VGG16 (1 = full).")
+    flags.DEFINE_integer("height", 240, "Image height (pixels).")
+    flags.DEFINE_integer("width_px", 320, "Image width (pixels).")
+    flags.DEFINE_integer("batch", 2, "Batch size.")
+    flags.DEFINE_integer("num_classes", 40, "Number of classes.")
+    flags.DEFINE_integer("repeats", 5, "Timed steps per program (median reported).")
+    flags.DEFINE_integer("warmup", 1, "Untimed steps per program after compiling.")
+    flags.DEFINE_enum(
+        "depth_aware_layers", "all", ["all", "block_first"], "Teacher's depth-aware layers."
+    )
+    flags.DEFINE_string("conv_implementation", "fast", "D-Conv implementation.")
+    flags.DEFINE_bool("with_vtce", False, "Also time the student step with VTCE.")
+    flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -29,13 +29,7 @@ from absl import app, flags
 
 from experiments.tools import worktrees
 
-_REVISIONS = flags.DEFINE_list(
-    "revisions", ["HEAD", "working-tree"], "Two git revisions ('working-tree': this checkout)."
-)
-_DEMO = flags.DEFINE_boolean("demo", False, "Also compare make demo's runs (minutes per side).")
-_FAST_COMPILE = flags.DEFINE_boolean(
-    "fast_compile", True, "JAX_DISABLE_MOST_OPTIMIZATIONS=1 on both sides (compiles faster)."
-)
+FLAGS = flags.FLAGS
 
 WORKING_TREE = "working-tree"
 TINY = "experiments/configs/synthetic.py:tiny"
@@ -58,7 +52,7 @@ IGNORED_SCALARS = ("images_per_sec",)
 
 def _env(checkout: pathlib.Path) -> dict[str, str]:
     env = dict(os.environ, PYTHONPATH=str(checkout), JAX_PLATFORMS="cpu")
-    if _FAST_COMPILE.value:
+    if FLAGS.fast_compile:
         env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
     return env
 
@@ -146,7 +140,7 @@ def compare(a: dict[str, pathlib.Path], b: dict[str, pathlib.Path]) -> list[tupl
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    revisions = _REVISIONS.value
+    revisions = FLAGS.revisions
     if len(revisions) != 2:
         raise app.UsageError(f"--revisions: expected two, got {revisions}")
     commits = worktrees.resolve([r for r in revisions if r != WORKING_TREE])
@@ -158,7 +152,7 @@ def main(argv):
             _, checkout = checkout_of[rev]
             out = pathlib.Path(tmp) / str(i)
             found = train_tiny_runs(checkout, out)
-            if _DEMO.value:
+            if FLAGS.demo:
                 found.update(train_demo(checkout, out))
             runs.append(found)
         rows = compare(*runs)
@@ -170,5 +164,17 @@ def main(argv):
     return 0 if all(v == "same" for *_, v in rows) else 1
 
 
+def define_flags() -> None:
+    """The command line (defined only when run as a script, so importing this module is free)."""
+    flags.DEFINE_list(
+        "revisions", ["HEAD", "working-tree"], "Two git revisions ('working-tree': this checkout)."
+    )
+    flags.DEFINE_boolean("demo", False, "Also compare make demo's runs (minutes per side).")
+    flags.DEFINE_boolean(
+        "fast_compile", True, "JAX_DISABLE_MOST_OPTIMIZATIONS=1 on both sides (compiles faster)."
+    )
+
+
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
