@@ -6,9 +6,13 @@ import subprocess
 import sys
 
 from experiments.configs import synthetic
+from experiments.tools import fault_probes
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY_CONFIG = f"--config={REPO_ROOT / 'experiments' / 'configs' / 'synthetic.py'}:tiny"
+# ``{relative path: content}`` of everything under a folder, a folder's content being ``b"<dir>"``
+# (a new empty folder counts as a change): the fault probes' own check that nothing changed.
+folder_contents = fault_probes.snapshot
 # Subprocesses of the tests: CPU, XLA optimisations off (as in test_train.py: compiles faster).
 SUBPROCESS_ENV = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="1", JAX_PLATFORMS="cpu")
 
@@ -50,15 +54,6 @@ def run_command(command, timeout: int = 300) -> subprocess.CompletedProcess:
         check=False,
         timeout=timeout,
     )
-
-
-def folder_contents(directory: pathlib.Path) -> dict[str, bytes]:
-    """``{relative path: content}`` of everything under ``directory``; a folder's content is
-    ``b"<dir>"``, so a new empty folder counts as a change."""
-    return {
-        p.relative_to(directory).as_posix(): p.read_bytes() if p.is_file() else b"<dir>"
-        for p in sorted(directory.rglob("*"))
-    }
 
 
 def folder_stats(directory: pathlib.Path) -> dict[str, tuple[int, int, int]]:
